@@ -1,0 +1,3 @@
+from bangercli.cli import main
+
+main()
