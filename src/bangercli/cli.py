@@ -160,12 +160,6 @@ class _progress:
             self.bar.stop()
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def generate(ctx: typer.Context) -> None:
-    """Generate new multitrack MIDI (not implemented yet)."""
-    raise BangerError("`banger generate` is not implemented yet", hint="it arrives with the default model")
-
-
 def _register_model_commands() -> None:
     """`train` and `evaluate` live in cli_train.py; fall back to stubs until it exists."""
     try:
@@ -184,6 +178,7 @@ def _register_model_commands() -> None:
 
 
 _register_model_commands()
+from . import cli_generate  # noqa: E402,F401  (registers `generate` on `app`)
 
 
 def main() -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import bisect
 import io
+import math
 import os
+from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +26,7 @@ from .errors import MidiReadError
 from .instruments import DRUM_CHANNEL, DRUMS, INSTRUMENTS, PROGRAM_TO_CATEGORY
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # larger files are refused unread (Lakh's largest is ~1 MB)
+MAX_QUARTERS = 1 << 17  # an onset later than this (18 hours at 120 bpm) means corrupt delta times
 DEFAULT_BPM = 120.0
 OUTPUT_TICKS_PER_BEAT = 480
 
@@ -157,20 +161,25 @@ def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) 
     """Walk one MTrk chunk; collect notes paired on (channel, pitch) first-in first-out."""
     tick = 0
     status = 0
-    open_notes: dict[int, list[tuple[int, int]]] = {}  # channel*128+pitch -> [(on_tick, velocity)]
+    open_notes: dict[int, deque[tuple[int, int]]] = {}  # channel*128+pitch -> [(on_tick, velocity)]
     notes: list[tuple[int, int, int, int, int]] = []
     try:
         while pos < end:
-            delta = 0
-            for _ in range(4):  # variable-length quantity: at most 4 bytes
-                byte = data[pos]
-                pos += 1
-                delta = (delta << 7) | (byte & 0x7F)
-                if byte < 0x80:
-                    break
+            byte = data[pos]
+            pos += 1
+            if byte < 0x80:  # most delta times are one byte: skip the loop (a quarter of parse time)
+                tick += byte
             else:
-                raise MidiReadError("corrupt track: delta time longer than 4 bytes")
-            tick += delta
+                delta = byte & 0x7F
+                for _ in range(3):  # variable-length quantity: at most 4 bytes
+                    byte = data[pos]
+                    pos += 1
+                    delta = (delta << 7) | (byte & 0x7F)
+                    if byte < 0x80:
+                        break
+                else:
+                    raise MidiReadError("corrupt track: delta time longer than 4 bytes")
+                tick += delta
             byte = data[pos]
             if byte >= 0x80:
                 pos += 1
@@ -209,11 +218,15 @@ def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) 
             if first > 0x7F or second > 0x7F:
                 raise MidiReadError("corrupt track: data byte above 127")
             if kind == 0x90 and second > 0:
-                open_notes.setdefault(channel * 128 + first, []).append((tick, second))
+                pending = open_notes.get(channel * 128 + first)
+                if pending is None:  # not setdefault: that builds a deque for every note-on
+                    open_notes[channel * 128 + first] = deque(((tick, second),))
+                else:
+                    pending.append((tick, second))
             elif kind == 0x80 or kind == 0x90:
                 pending = open_notes.get(channel * 128 + first)
                 if pending:
-                    on_tick, velocity = pending.pop(0)
+                    on_tick, velocity = pending.popleft()
                     notes.append((on_tick, tick, channel, first, velocity))
     except IndexError:
         raise MidiReadError("truncated track: an event runs past the end of its chunk") from None
@@ -248,11 +261,21 @@ def _to_score(tracks: list[_Track], programs, tempos, ticks_per_beat: int, grid:
         ticks.append(tick)
         values.append(program)
 
-    scale = grid.steps_per_quarter
+    twice_scale = 2 * grid.steps_per_quarter
     twice_tpb = 2 * ticks_per_beat
-    notes: list[Note] = []
+    latest_onset = MAX_QUARTERS * ticks_per_beat
+    level_of = [grid.velocity_level(velocity) for velocity in range(128)]
+    bisect_right = bisect.bisect_right
+    notes: list[tuple[int, int, int, int, int]] = []  # Note fields; `_canonical` makes Notes
     for track in tracks:
         for on_tick, off_tick, channel, pitch, velocity in track.notes:
+            if on_tick > latest_onset:
+                # Without this bound a few corrupt 4-byte delta times would make millions
+                # of TIME tokens from a file of a hundred bytes.
+                raise MidiReadError(
+                    f"corrupt delta times: a note starts {on_tick // ticks_per_beat:,} "
+                    f"quarter notes in (more than {MAX_QUARTERS:,})"
+                )
             if channel == DRUM_CHANNEL:
                 instrument = DRUMS.index
             else:
@@ -260,17 +283,15 @@ def _to_score(tracks: list[_Track], programs, tempos, ticks_per_beat: int, grid:
                 program = 0
                 if changes:
                     # the program in force at the onset (a change at the same tick counts)
-                    at = bisect.bisect_right(changes[0], on_tick) - 1
+                    at = bisect_right(changes[0], on_tick) - 1
                     program = changes[1][max(at, 0)]
                 instrument = PROGRAM_TO_CATEGORY[program]
-            start = (on_tick * 2 * scale + ticks_per_beat) // twice_tpb
-            stop = (off_tick * 2 * scale + ticks_per_beat) // twice_tpb
-            notes.append(
-                Note(start, stop - start, instrument, pitch, grid.velocity_level(velocity))
-            )
+            start = (on_tick * twice_scale + ticks_per_beat) // twice_tpb
+            stop = (off_tick * twice_scale + ticks_per_beat) // twice_tpb
+            notes.append((start, stop - start, instrument, pitch, level_of[velocity]))
     last_tick = max(track.last_tick for track in tracks)
     return Score(
-        notes=normalize(notes, grid),
+        notes=_canonical(notes, grid.max_duration),
         bpm=_first_bpm(tempos),
         seconds=_seconds(last_tick, tempos, ticks_per_beat),
         has_programs=bool(programs),
@@ -302,17 +323,29 @@ def normalize(notes: list[Note], grid: Grid) -> list[Note]:
     the same instrument starts again is cut at the new onset, so no two notes overlap on one
     key and every written file reads back to exactly the same notes.
     """
-    best: dict[tuple[int, int, int], Note] = {}
-    for note in notes:
-        if note.start < 0 or not 0 <= note.pitch <= 127:
+    if _is_canonical(notes, grid.max_duration):  # e.g. encoding a score just read: one scan
+        return list(map(_note, notes))
+    return _canonical(notes, grid.max_duration)
+
+
+_note = partial(tuple.__new__, Note)  # Note from a 5-tuple, without Note()'s Python-level __new__
+
+
+def _canonical(notes, max_duration: int) -> list[Note]:
+    """`normalize` of any iterable of (start, duration, instrument, pitch, velocity) tuples."""
+    best: dict[tuple[int, int, int], tuple] = {}
+    for start, duration, instrument, pitch, velocity in notes:
+        if start < 0 or not 0 <= pitch <= 127:
             continue
-        duration = min(max(note.duration, 1), grid.max_duration)
-        note = note._replace(duration=duration)
-        key = (note.instrument, note.pitch, note.start)
+        if duration < 1:
+            duration = 1
+        if duration > max_duration:
+            duration = max_duration
+        key = (instrument, pitch, start)
         kept = best.get(key)
-        if kept is None or (note.duration, note.velocity) > (kept.duration, kept.velocity):
-            best[key] = note
-    ordered = sorted(best.values(), key=lambda n: (n.instrument, n.pitch, n.start))
+        if kept is None or duration > kept[1] or (duration == kept[1] and velocity > kept[4]):
+            best[key] = (start, duration, instrument, pitch, velocity)
+    ordered = [_note(best[key]) for key in sorted(best)]  # by (instrument, pitch, start)
     for i in range(len(ordered) - 1):
         note, following = ordered[i], ordered[i + 1]
         if (
@@ -322,6 +355,22 @@ def normalize(notes: list[Note], grid: Grid) -> list[Note]:
         ):
             ordered[i] = note._replace(duration=following.start - note.start)
     return ordered
+
+
+def _is_canonical(notes: list[Note], max_duration: int) -> bool:
+    """Whether `normalize` would return these notes unchanged (sorted, clipped, no overlaps)."""
+    last_instrument = last_pitch = -math.inf
+    last_end = 0
+    for start, duration, instrument, pitch, _ in notes:
+        if start < 0 or not 0 <= pitch <= 127 or not 1 <= duration <= max_duration:
+            return False
+        if instrument == last_instrument and pitch == last_pitch:
+            if start < last_end:  # also catches a repeated or earlier onset: duration >= 1
+                return False
+        elif instrument < last_instrument or (instrument == last_instrument and pitch < last_pitch):
+            return False
+        last_instrument, last_pitch, last_end = instrument, pitch, start + duration
+    return True
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -335,9 +384,11 @@ def channel_of(instrument: int) -> int:
 
 
 def write_midi(
-    notes: list[Note], *, order: list[int], grid: Grid, bpm: float = DEFAULT_BPM
+    notes: list[Note], *, order: list[int], grid: Grid, bpm: float = DEFAULT_BPM,
+    length: int | None = None,
 ) -> mido.MidiFile:
-    """A type 1 file: a tempo track, then one named track per instrument in `order`."""
+    """A type 1 file: a tempo track, then one named track per instrument in `order`.
+    `length` (grid steps) places the end of the tempo track, e.g. exactly on a bar line."""
     ticks_per_step = OUTPUT_TICKS_PER_BEAT // grid.steps_per_quarter
     midi = mido.MidiFile(type=1, ticks_per_beat=OUTPUT_TICKS_PER_BEAT)
     conductor = mido.MidiTrack()
@@ -345,6 +396,9 @@ def write_midi(
     conductor.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm), time=0))
     conductor.append(
         mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0)
+    )
+    conductor.append(
+        mido.MetaMessage("end_of_track", time=(length or 0) * ticks_per_step)
     )
     midi.tracks.append(conductor)
     by_instrument: dict[int, list[Note]] = {}

@@ -145,19 +145,22 @@ class Tokenizer:
             counts[note.instrument] += 1
         rank = {instrument: r for r, instrument in enumerate(lead_order(counts))}
         # Within a chord: lead instrument first (drums last), then from the highest pitch down.
-        notes.sort(key=lambda n: (n.start, rank[n.instrument], -n.pitch))
+        notes.sort(key=lambda n: (n[0], rank[n[2]], -n[3]))  # (start, rank, -pitch)
         ids = self.header(notes)
         time_offset, max_shift = self.time_offset, self.config.max_shift
+        # durvel_token and note_token inlined: this loop runs once per note of the corpus
+        levels = self.config.velocity_levels
+        durvel_base, note_offset = self.durvel_offset - levels, self.note_offset
         previous = 0
-        for note in notes:
-            shift = note.start - previous
-            previous = note.start
+        for start, duration, instrument, pitch, velocity in notes:
+            shift = start - previous
+            previous = start
             while shift > max_shift:
                 ids.append(time_offset + max_shift)
                 shift -= max_shift
             ids.append(time_offset + shift)
-            ids.append(self.durvel_token(note.duration, note.velocity))
-            ids.append(self.note_token(note.instrument, note.pitch))
+            ids.append(durvel_base + duration * levels + velocity)
+            ids.append(note_offset + instrument * 128 + pitch)
         if end:
             ids.append(self.END)
         return ids

@@ -1,0 +1,219 @@
+"""Checkpoints: one self-describing, safe file per model, plus the optimizer state for resuming.
+
+A checkpoint is a safetensors file (``.safetensors``): the weights, and JSON metadata with
+the format version, the model config, the tokenizer config and training info (see
+docs/checkpoint-format.md). Loading never unpickles anything, so a hostile file cannot run
+code; it rebuilds model and tokenizer from the file alone. Every write goes to a temporary
+file beside the target and is renamed over it, so a killed process never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import BangerError
+from .model import MODEL_ARCHITECTURE, Banger, ModelConfig, build_model
+from .paths import package_models_dir, user_models_dir
+from .tokenizer import Tokenizer, TokenizerConfig
+
+CHECKPOINT_FORMAT = "banger-checkpoint"
+CHECKPOINT_VERSION = 1  # bump on any change to the layout below; old files are refused
+SUFFIX = ".safetensors"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)``, fsync, then rename onto `path`; clean up on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def bare_model(model: nn.Module) -> nn.Module:
+    """The transformer inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    config: ModelConfig,
+    tokenizer_config: TokenizerConfig,
+    info: dict | None = None,
+    dtype: str = "float32",
+) -> Path:
+    """Write `model` with its configs and training `info` (JSON-able) to `path` atomically.
+    `dtype="float16"` halves the file for shipping; loading upcasts to float32."""
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise BangerError(f"unknown dtype {dtype!r}", hint=f"choose one of: {', '.join(DTYPES)}")
+    model = bare_model(model)
+    buffers = {name for name, _ in model.named_buffers()}
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        if tensor.is_floating_point() and name not in buffers:
+            tensor = tensor.to(DTYPES[dtype])
+        tensors[name] = tensor.contiguous().cpu()
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(CHECKPOINT_VERSION),
+        "architecture": MODEL_ARCHITECTURE,
+        "banger_version": __version__,
+        "dtype": dtype,
+        "model_config": json.dumps(config.to_dict()),
+        "tokenizer": json.dumps(tokenizer_config.to_dict()),
+        "training": json.dumps(info or {}),
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and parsed metadata of a checkpoint, or a BangerError saying what is wrong.
+    Reads only safetensors (a JSON header and raw bytes): nothing is unpickled."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    hint = "pass a .safetensors checkpoint written by `banger train`"
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            raw = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except FileNotFoundError:
+        raise BangerError(f"checkpoint {path} does not exist", hint=hint) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise BangerError(
+            f"{path} is not a readable banger checkpoint (truncated, corrupt or another format: {err})",
+            hint=hint,
+        ) from None
+    if raw.get("format") != CHECKPOINT_FORMAT:
+        raise BangerError(f"{path} is not a banger checkpoint (no banger metadata)", hint=hint)
+    if raw.get("format_version") != str(CHECKPOINT_VERSION):
+        raise BangerError(
+            f"{path} has checkpoint format version {raw.get('format_version')!r}, "
+            f"this banger reads version {CHECKPOINT_VERSION}",
+            hint="use the banger version that wrote it, or upgrade banger",
+        )
+    if raw.get("architecture") != MODEL_ARCHITECTURE:
+        raise BangerError(f"{path} holds an unknown architecture {raw.get('architecture')!r}")
+    try:
+        meta = {key: raw[key] for key in ("format", "format_version", "architecture", "dtype")}
+        meta["banger_version"] = raw.get("banger_version")
+        for key in ("model_config", "tokenizer", "training"):
+            meta[key] = json.loads(raw[key])
+    except (KeyError, ValueError) as err:
+        raise BangerError(f"{path} has broken metadata ({err})", hint=hint) from None
+    return tensors, meta
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Banger:
+    """Rebuild model (float32, eval mode, on `device`) and tokenizer from one checkpoint file."""
+    tensors, meta = read_checkpoint(path)
+    config = ModelConfig.from_dict(meta["model_config"])
+    tokenizer = Tokenizer(TokenizerConfig.from_dict(meta["tokenizer"]))
+    if tokenizer.vocab_size != config.vocab_size:
+        raise BangerError(
+            f"{path}: model vocabulary ({config.vocab_size}) does not match its tokenizer "
+            f"({tokenizer.vocab_size})"
+        )
+    model = build_model(config)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise BangerError(f"{path}: weights do not match the model config ({first})") from None
+    return Banger(model.to(device), tokenizer, config, info=meta["training"], path=str(path))
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint path, or a model name looked up in the package and then the user directory."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    name = str(name_or_path)
+    looks_like_path = os.sep in name or "/" in name or name.endswith(SUFFIX) or candidate.is_dir()
+    if looks_like_path:
+        raise BangerError(f"no checkpoint file at {name}", hint="pass a .safetensors file")
+    for folder in (package_models_dir(), user_models_dir()):
+        path = folder / f"{name}{SUFFIX}"
+        if path.is_file():
+            return path
+    if name == "default":
+        raise BangerError(
+            "no default model is shipped yet",
+            hint="train one with `banger train` and pass its best.safetensors path",
+        )
+    raise BangerError(
+        f"unknown model {name!r}",
+        hint=f"pass a checkpoint path, or put {name}{SUFFIX} in {user_models_dir()}",
+    )
+
+
+def load_model(name_or_path: str | os.PathLike = "default", *, device: str = "cpu") -> Banger:
+    """Load a model once (a checkpoint path or a model name) to use many times."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_checkpoint(resolve_model(name_or_path), device=device)
+
+
+def check_tokenizer(checkpoint_tokenizer: dict, data_tokenizer: dict, *, where: str) -> None:
+    """Refuse a model whose tokenizer differs from the data's: its ids would mean other things."""
+    if checkpoint_tokenizer != data_tokenizer:
+        changed = sorted(
+            key
+            for key in set(checkpoint_tokenizer) | set(data_tokenizer)
+            if checkpoint_tokenizer.get(key) != data_tokenizer.get(key)
+        )
+        raise BangerError(
+            f"the model's tokenizer differs from the data's in {where} ({', '.join(changed)})",
+            hint="re-run `banger preprocess` with this model's tokenizer, or use a matching model",
+        )
+
+
+def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, *, dtype: str) -> Path:
+    """Rewrite a checkpoint with weights in `dtype` (e.g. float16 for shipping)."""
+    banger = load_checkpoint(source)
+    return save_checkpoint(
+        target, banger.model, config=banger.config, tokenizer_config=banger.tokenizer.config,
+        info=banger.info, dtype=dtype,
+    )
+
+
+def save_training_state(path: str | os.PathLike, state: dict) -> Path:
+    """Optimizer state and counters for --resume (tensors, numbers and strings only)."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """Read what `save_training_state` wrote, with ``weights_only=True`` (no arbitrary objects)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BangerError(
+            f"{path} is missing: cannot resume", hint="start again with --force"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any unpickling refusal or corruption
+        raise BangerError(f"{path} is unreadable ({type(err).__name__})",
+                          hint="start again with --force") from None

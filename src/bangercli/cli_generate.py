@@ -1,0 +1,91 @@
+"""`banger generate`: the command the product exists for. A thin layer over generate/output."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli import _progress, app, stderr
+from .errors import UsageError
+
+AUDIO_CHOICES = ("mp3", "wav", "flac", "none")
+
+
+@app.command()
+def generate(
+    instrument: List[str] = typer.Option(
+        [], "--instrument", "-i", help="Instrument category (repeatable; the first is the lead). "
+        "See `banger instruments`."),
+    only: bool = typer.Option(False, "--only", help="Only the listed instruments (plus drums when on)."),
+    drums: Optional[bool] = typer.Option(None, "--drums/--no-drums",
+                                         help="Drums on or off (default: the model chooses)."),
+    bars: int = typer.Option(16, "--bars", help="Length in 4/4 bars (after the prompt)."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Length in tokens instead of bars."),
+    variants: int = typer.Option(1, "--variants", "-n", help="How many pieces to generate."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass, in (0, 1]."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens (0 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a fresh one, "
+                                       "printed in the results)."),
+    bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo (default: the prompt's, or 120)."),
+    prompt: Optional[Path] = typer.Option(None, "--prompt", help="A MIDI file to continue."),
+    prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars",
+                                              help="Bars of the prompt to keep (default: all)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model name or checkpoint path."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for the files."),
+    name: str = typer.Option("{lead}-{seed}-{n}", "--name",
+                             help="File name template: {lead} {instruments} {drums} {seed} {n} "
+                             "{bars} {bpm}."),
+    audio: str = typer.Option("mp3", "--audio", help="Audio preview: mp3, wav, flac or none."),
+    soundfont: Optional[Path] = typer.Option(None, "--soundfont",
+                                             help="A .sf2/.sf3 General MIDI soundfont."),
+    piano_roll: bool = typer.Option(False, "--piano-roll", help="Also write a PNG piano roll."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per piece."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
+) -> None:
+    """Generate new multitrack MIDI files (and audio previews) with a model."""
+    from .generate import Request
+    from .output import check_template
+    from .sampling import Sampling
+
+    if audio not in AUDIO_CHOICES:
+        raise UsageError(f"unknown --audio {audio!r}", hint=f"choose one of: {', '.join(AUDIO_CHOICES)}")
+    if prompt is not None and not prompt.is_file():
+        raise UsageError(f"prompt {prompt} is not a file", hint="pass a .mid file to --prompt")
+    if soundfont is not None and not soundfont.is_file():
+        raise UsageError(f"soundfont {soundfont} is not a file", hint="pass a .sf2 or .sf3 file")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is not a folder")
+    check_template(name)
+    request = Request(
+        instruments=tuple(instrument), only=only, drums=drums, bars=None if tokens else bars,
+        tokens=tokens, variants=variants, seed=secrets.randbelow(1_000_000) if seed is None else seed,
+        bpm=bpm, prompt=prompt, prompt_bars=prompt_bars,
+        sampling=Sampling(temperature=temperature, top_p=top_p, top_k=top_k),
+    )
+    request.validate()
+    pieces, steps_per_bar = _generate(model, request, quiet)
+
+    from .output import save_pieces
+
+    warn = (lambda message: None) if quiet else (lambda message: stderr.print(f"warning: {message}"))
+    saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
+                        soundfont=soundfont, piano_roll=piano_roll, force=force,
+                        steps_per_bar=steps_per_bar, warn=warn)
+    for record in saved:
+        print(json.dumps(record.to_json()) if as_json else str(record.midi), flush=True)
+
+
+def _generate(model_name: str, request, quiet: bool):
+    from .checkpoint import load_model
+    from .generate import generate as run
+
+    banger = load_model(model_name)
+    with _progress(quiet, "generating") as update:
+        pieces = run(banger, request, progress=update)
+    return pieces, banger.tokenizer.config.steps_per_bar

@@ -1,0 +1,174 @@
+"""`banger train` and `banger evaluate`: thin commands over bangercli.train and .evaluate.
+
+Registered on `bangercli.cli.app` when cli.py imports this module. torch is imported inside
+the commands only, so `banger --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import app, stderr
+from .errors import UsageError
+
+
+@app.command()
+def train(
+    data_dir: Path = typer.Argument(..., help="Data directory made by `banger preprocess`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory for checkpoints and metrics."),
+    preset: Optional[str] = typer.Option(None, help="Model size: seed (default), small or tiny."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the training tokens [5]."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step, over all devices [64]."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate [2e-4]."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up [100]."),
+    val_every: Optional[int] = typer.Option(None, help="Steps between validations [300]."),
+    val_windows: Optional[int] = typer.Option(None, help="Validation windows scored [256]."),
+    save_every: Optional[int] = typer.Option(None, help="Steps between writes of last [1000]."),
+    transpose: Optional[bool] = typer.Option(
+        None, "--transpose/--no-transpose", help="Random transposition of melodic notes [on]."
+    ),
+    seed: Optional[int] = typer.Option(None, help="Seed for weights, windows and augmentation [0]."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [auto]."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile [off]."),
+    seq_len: Optional[int] = typer.Option(None, help="Training window in tokens (model field)."),
+    dim: Optional[int] = typer.Option(None, help="Model width (model field)."),
+    depth: Optional[int] = typer.Option(None, help="Transformer blocks (model field)."),
+    heads: Optional[int] = typer.Option(None, help="Attention heads (model field)."),
+    dim_head: Optional[int] = typer.Option(None, help="Width of each head (model field)."),
+    ff_mult: Optional[int] = typer.Option(None, help="Feed-forward width / dim (model field)."),
+    dropout: Optional[float] = typer.Option(None, help="Dropout while training (model field)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    force: bool = typer.Option(False, "--force", help="Replace a run already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages."),
+) -> None:
+    """Train a model on a data directory; prints the path of the best checkpoint."""
+    from .model import model_config
+    from .train import TrainConfig, resume_config
+    from .train import train as run
+
+    options = dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                   warmup_steps=warmup_steps, val_every=val_every, val_windows=val_windows,
+                   save_every=save_every, transpose=transpose, seed=seed, device=device,
+                   compile=compile)
+    fields = dict(seq_len=seq_len, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
+                  ff_mult=ff_mult, dropout=dropout)
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other")
+    if resume:
+        given = [f"--{k.replace('_', '-')}" for k, v in {**fields, "preset": preset}.items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot change when resuming",
+                             hint="the model comes from the run's last checkpoint")
+        if not (out / "last.safetensors").exists():
+            raise UsageError(f"nothing to resume in {out} (no last.safetensors)",
+                             hint="drop --resume to start a new run")
+        config, model = resume_config(out, **options), None
+    else:
+        config = replace(TrainConfig(), **{k: v for k, v in options.items() if v is not None})
+        model = model_config(preset or "seed", **fields)
+    with _TrainProgress(quiet) as progress:
+        result = run(data_dir, out, model_config=model, config=config, resume=resume,
+                     force=force, callback=progress)
+    if not quiet:
+        best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+        stderr.print(soft_wrap=True, *[f"trained {result.step} steps ({result.epoch:.2f} epochs) in "
+                     f"{result.seconds:.0f} s, {result.tokens_per_s:,.0f} tokens/s; "
+                     f"best validation loss {best}"])
+    print(result.best)
+
+
+class _TrainProgress:
+    """Callback for training events: a rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def __enter__(self):
+        if not self.quiet and stderr.is_terminal:
+            from rich.progress import BarColumn, Progress, TimeRemainingColumn
+
+            self.bar = Progress(
+                "[progress.description]{task.description}", BarColumn(),
+                "{task.completed}/{task.total} steps", "loss {task.fields[loss]}",
+                "acc {task.fields[accuracy]}", "{task.fields[speed]} tok/s",
+                TimeRemainingColumn(), console=stderr, transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("training", total=None, loss="-", accuracy="-", speed="-")
+        return self
+
+    def __call__(self, event: dict) -> None:
+        if self.quiet:
+            return
+        kind = event["event"]
+        if kind == "start":
+            stderr.print(f"training {event['parameters']:,} parameters on {event['device']}, "
+                         f"steps {event['step']}..{event['total_steps']} "
+                         f"({event['steps_per_epoch']} per epoch)")
+            if self.bar:
+                self.bar.update(self.task, completed=event["step"], total=event["total_steps"])
+        elif kind == "train" and self.bar:
+            self.bar.update(self.task, completed=event["step"], loss=f"{event['loss']:.3f}",
+                            accuracy=f"{event['accuracy']:.3f}",
+                            speed=f"{event['tokens_per_s']:,.0f}")
+        elif kind == "validation":
+            stderr.print(f"step {event['step']}: validation loss {event['loss']:.4f}, "
+                         f"accuracy {event['accuracy']:.4f}")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="Checkpoint path or model name."),
+    data_dir: Path = typer.Argument(..., help="Data directory made by `banger preprocess`."),
+    split: str = typer.Option("validation", help="train or validation."),
+    batch_size: int = typer.Option(16, help="Windows per forward pass."),
+    max_pieces: Optional[int] = typer.Option(None, help="Score only the first N pieces."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Score a model on a data split: loss, accuracy, per-field accuracy, bits per note."""
+    from .checkpoint import load_model
+    from .cli import _progress
+    from .evaluate import evaluate as run
+    from .runtime import setup_runtime
+
+    if batch_size < 1 or (max_pieces is not None and max_pieces < 1):
+        raise UsageError("--batch-size and --max-pieces must be >= 1")
+    banger = load_model(model, device=str(setup_runtime(device).device))
+    with _progress(quiet, "evaluating") as update:
+        result = run(banger, data_dir, split=split, batch_size=batch_size, max_pieces=max_pieces,
+                     progress=update)
+    report = result.to_dict()
+    if not quiet:
+        _print_evaluation(report, model)
+    if as_json:
+        print(json.dumps(report, indent=2))
+
+
+def _print_evaluation(report: dict, model: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"banger evaluate {model} ({report['split']})")
+    for column in ("tokens", "loss", "accuracy", "perplexity", "tokens scored"):
+        table.add_column(column, justify="left" if column == "tokens" else "right")
+    table.add_row("all", f"{report['loss']:.4f}", f"{report['accuracy']:.4f}",
+                  f"{report['perplexity']:.2f}", f"{report['tokens']:,}")
+    for name in ("time", "durvel", "note"):
+        row = report[name]
+        table.add_row(name, f"{row['loss']:.4f}", f"{row['accuracy']:.4f}",
+                      f"{row['perplexity']:.2f}", f"{row['tokens']:,}")
+    table.caption = (f"{report['bits_per_note']:.3f} bits per note over {report['notes']:,} notes "
+                     f"in {report['pieces']:,} pieces")
+    stderr.print(table)

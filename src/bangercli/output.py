@@ -1,0 +1,162 @@
+"""Writing generated pieces to disk: names from a template, never clobbering, never half-written.
+
+Each file is written to a temporary name in the target folder and then linked to its final
+name, which fails if that name exists: two `banger generate` runs writing into one folder
+cannot overwrite each other's files, and a killed run leaves no partial file under a final
+name. With `force`, the final rename replaces an existing file instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import string
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import BangerError, OutputExistsError, UsageError
+from .generate import Piece
+
+TEMPLATE_FIELDS = ("lead", "instruments", "drums", "seed", "n", "bars", "bpm")
+
+
+@dataclass
+class Saved:
+    piece: Piece
+    midi: Path
+    audio: Path | None = None
+    piano_roll: Path | None = None
+
+    def to_json(self) -> dict:
+        piece = self.piece
+        return {
+            "midi": str(self.midi),
+            "audio": str(self.audio) if self.audio else None,
+            "piano_roll": str(self.piano_roll) if self.piano_roll else None,
+            "seed": piece.seed,
+            "instruments": piece.instruments,
+            "drums": piece.drums,
+            "bars": piece.bars,
+            "bpm": piece.bpm,
+            "notes": len(piece.notes),
+            "seconds": round(piece.seconds, 3),
+        }
+
+
+def check_template(template: str) -> None:
+    """Refuse a name template with unknown fields or path separators before any work."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        raise UsageError(f"bad --name template {template!r}: {err}") from None
+    unknown = fields - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise UsageError(f"unknown field(s) {sorted(unknown)} in --name",
+                         hint=f"use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+    if "/" in template or "\\" in template or not template.strip():
+        raise UsageError(f"--name {template!r} must be a plain file name without folders")
+
+
+def stem_of(template: str, piece: Piece, n: int) -> str:
+    lead = piece.instruments[0] if piece.instruments else ("drums" if piece.drums else "silence")
+    return template.format(
+        lead=lead, instruments="+".join(piece.instruments) or "none",
+        drums="drums" if piece.drums else "nodrums", seed=piece.seed, n=n, bars=piece.bars,
+        bpm=f"{piece.bpm:g}",
+    )
+
+
+def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: str = "{lead}-{seed}-{n}",
+                audio: str | None = "mp3", soundfont: str | os.PathLike | None = None,
+                piano_roll: bool = False, force: bool = False, steps_per_bar: int = 32,
+                warn: Callable[[str], None] = lambda message: None) -> list[Saved]:
+    """Write each piece's MIDI (and audio preview and piano roll, when asked)."""
+    check_template(template)
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BangerError(f"cannot create {out_dir}: {err.strerror or err}",
+                          hint="choose a writable --out folder") from None
+    stems = [stem_of(template, piece, n) for n, piece in enumerate(pieces, 1)]
+    if len(set(stems)) != len(stems):
+        raise UsageError(f"--name {template!r} gives several pieces the same name",
+                         hint="include {n} or {seed} in the template")
+    suffixes = [".mid"] + ([f".{audio}"] if audio else []) + ([".png"] if piano_roll else [])
+    if not force:
+        for stem in stems:
+            for suffix in suffixes:
+                if (out_dir / (stem + suffix)).exists():
+                    raise OutputExistsError(f"{out_dir / (stem + suffix)} already exists",
+                                            hint="pass --force to overwrite, or another --seed/--name")
+    font = _soundfont_or_warn(soundfont, warn) if audio else None
+    saved = []
+    for stem, piece in zip(stems, pieces):
+        buffer = io.BytesIO()
+        piece.midi.save(file=buffer)
+        record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(), force))
+        if font is not None:
+            record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio, force)
+        if piano_roll:
+            record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png", force,
+                                                  steps_per_bar)
+        saved.append(record)
+    return saved
+
+
+def _soundfont_or_warn(soundfont, warn):
+    from .audio import AudioUnavailable, _fluidsynth, find_soundfont
+    from .paths import banger_home
+
+    try:
+        _fluidsynth()
+        return find_soundfont(soundfont, data_dir=banger_home())
+    except AudioUnavailable as err:
+        warn(f"no audio preview: {err} ({err.hint})")
+        return None
+
+
+def _write(path: Path, data: bytes, force: bool) -> Path:
+    return _commit(path, force, lambda temporary: Path(temporary).write_bytes(data))
+
+
+def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool) -> Path:
+    from .audio import render, write_audio
+
+    samples = render(piece.midi, font, end_seconds=piece.seconds)
+    return _commit(path, force, lambda temporary: write_audio(samples, temporary, fmt=fmt))
+
+
+def _write_piano_roll(piece: Piece, path: Path, force: bool, steps_per_bar: int) -> Path:
+    from .pianoroll import render, write_png
+
+    image = render(piece.notes, steps_per_bar=steps_per_bar, length=piece.bars * steps_per_bar)
+    return _commit(path, force, lambda temporary: write_png(image, temporary))
+
+
+def _commit(path: Path, force: bool, write: Callable[[str], object]) -> Path:
+    """Write through `write(temporary)`, then give it its final name without clobbering."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)
+        if force:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)  # atomic, and fails if another run took the name
+            except FileExistsError:
+                raise OutputExistsError(f"{path} already exists",
+                                        hint="pass --force to overwrite, or another --seed/--name") from None
+            os.unlink(temporary)
+    except OSError as err:
+        raise BangerError(f"cannot write {path}: {err.strerror or err}",
+                          hint="check the --out folder is writable and the disk has room") from None
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,119 @@
+"""What may come next while generating: the token grammar and the musician's request as masks.
+
+The header tokens condition the style; these masks enforce the request. At every step a
+sequence is in one phase of the note grammar ``TIME+ DURVEL NOTE``, and only tokens that keep
+the grammar (and the request: no drums with --no-drums, only the listed instruments with
+--only) can be sampled. So every generated sequence decodes, and requests are guarantees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .instruments import DRUMS, INSTRUMENTS
+from .tokenizer import Tokenizer
+
+# Phases of the note grammar.
+EXPECT_TIME = 0  # a note starts: TIME
+AFTER_LONG_TIME = 1  # after TIME(max_shift): more TIME, or DURVEL
+AFTER_TIME = 2  # after a shorter TIME: DURVEL
+AFTER_DURVEL = 3  # NOTE of an allowed instrument
+HEADER = 4  # instrument tokens of the header, or the first TIME
+PHASES = 5
+
+_KIND_IDS = {"special": 0, "instrument": 1, "time": 2, "durvel": 3, "note": 4, "invalid": 5}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0  # < 1 is safer, > 1 more adventurous
+    top_p: float = 0.95  # nucleus: keep the smallest set of tokens with this much probability
+    top_k: int = 0  # keep only the k most likely tokens (0 = off)
+
+
+class Grammar:
+    """Per-phase masks of allowed tokens, and the phase/time bookkeeping for a batch."""
+
+    def __init__(self, tokenizer: Tokenizer, *, allowed_instruments: set[int] | None = None,
+                 drums: bool = True, device: torch.device | str = "cpu") -> None:
+        self.tokenizer = tokenizer
+        vocab = tokenizer.vocab_size
+        kinds = torch.tensor([_KIND_IDS[tokenizer.kind(t)] for t in range(vocab)])
+        self.kind = kinds.to(device)
+        shifts = torch.zeros(vocab, dtype=torch.long)
+        times = kinds == _KIND_IDS["time"]
+        shifts[times] = torch.arange(int(times.sum()))
+        self.shift = shifts.to(device)
+        self.max_time_token = tokenizer.time_token(tokenizer.config.max_shift)
+
+        playable = set(range(len(INSTRUMENTS)))
+        if allowed_instruments is not None:
+            playable = set(allowed_instruments)
+        playable.discard(DRUMS.index)
+        if drums:
+            playable.add(DRUMS.index)
+        self.playable = frozenset(playable)
+        notes = torch.zeros(vocab, dtype=torch.bool)
+        for instrument in playable:
+            start = tokenizer.note_token(instrument, 0)
+            notes[start : start + 128] = True
+        header = kinds == _KIND_IDS["instrument"]
+        if allowed_instruments is not None:
+            header = torch.zeros(vocab, dtype=torch.bool)
+            for instrument in playable - {DRUMS.index}:
+                header[tokenizer.instrument_token(instrument)] = True
+        masks = torch.zeros(PHASES, vocab, dtype=torch.bool)
+        masks[EXPECT_TIME] = times
+        masks[AFTER_LONG_TIME] = times | (kinds == _KIND_IDS["durvel"])
+        masks[AFTER_TIME] = kinds == _KIND_IDS["durvel"]
+        masks[AFTER_DURVEL] = notes
+        masks[HEADER] = header | times
+        self.masks = masks.to(device)
+
+    def advance(self, phase: torch.Tensor, time: torch.Tensor, token: torch.Tensor):
+        """Phase and time (grid steps) after each sequence of the batch emits `token`."""
+        kind = self.kind[token]
+        is_time = kind == _KIND_IDS["time"]
+        time = time + torch.where(is_time, self.shift[token], 0)
+        phase = torch.where(is_time & (token == self.max_time_token), AFTER_LONG_TIME,
+                torch.where(is_time, AFTER_TIME,
+                torch.where(kind == _KIND_IDS["durvel"], AFTER_DURVEL,
+                torch.where(kind == _KIND_IDS["note"], EXPECT_TIME, phase))))
+        return phase, time
+
+    def scan(self, ids: list[int]) -> tuple[int, int]:
+        """Phase and time after a whole prefix (header and maybe a prompt)."""
+        phase, time = HEADER, 0
+        for token in ids:
+            kind = self.tokenizer.kind(token)
+            if kind == "time":
+                time += token - self.tokenizer.time_offset
+                phase = AFTER_LONG_TIME if token == self.max_time_token else AFTER_TIME
+            elif kind == "durvel":
+                phase = AFTER_DURVEL
+            elif kind == "note":
+                phase = EXPECT_TIME
+        return phase, time
+
+
+def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
+           generator: torch.Generator) -> torch.Tensor:
+    """One token per row of `logits` (batch, vocab), only among `allowed` (batch, vocab)."""
+    logits = logits.float().masked_fill(~allowed, float("-inf"))
+    if options.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / options.temperature
+    if options.top_k and options.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if options.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens before it already reach top_p (the first always stays)
+        drop = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= options.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

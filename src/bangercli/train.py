@@ -1,0 +1,420 @@
+"""`banger train`: fit a model to a data directory, with exact resume and atomic checkpoints.
+
+A run directory holds ``last.safetensors`` (written every `save_every` steps and on Ctrl-C),
+``last.optim.pt`` (optimizer state for --resume), ``best.safetensors`` (written when the
+validation loss improves), ``metrics.jsonl`` and ``curves.png``. Batches are a pure function
+of (seed, step), so a resumed run continues exactly where the interrupted one stopped.
+Runs on one CPU or GPU, on all visible GPUs with DataParallel, or under `torchrun` with
+DistributedDataParallel (only rank 0 writes files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import (
+    bare_model, check_tokenizer, load_training_state, read_checkpoint, save_checkpoint,
+    save_training_state,
+)
+from .errors import BangerError, DataError, OutputExistsError, UsageError
+from .evaluate import autocast_for, field_table, score_windows
+from .model import ModelConfig, NextTokenLoss, build_model, count_parameters
+from .runtime import Runtime, setup_runtime, wrap_model
+from .shards import Shards, manifest_hash
+from .tokenizer import Tokenizer, TokenizerConfig
+from .windows import WindowSampler, piece_windows
+
+RUN_FILES = ("last.safetensors", "last.optim.pt", "best.safetensors", "metrics.jsonl", "curves.png")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 5.0  # passes over the data; one epoch = train tokens / (batch * seq_len) steps
+    max_steps: int | None = None  # stop after this many steps whatever `epochs` says
+    batch_size: int = 64  # windows per step, summed over all devices and processes
+    lr: float = 2e-4  # Adam learning rate
+    warmup_steps: int = 100  # the learning rate ramps up linearly over these first steps
+    grad_clip: float = 1.0  # largest gradient norm; 0 turns clipping off
+    val_every: int = 300  # steps between validations
+    val_windows: int = 256  # validation windows scored each time (a fixed subset of the split)
+    save_every: int = 1000  # steps between writes of last.safetensors (best: whenever val improves)
+    log_every: int = 10  # training steps averaged into one point of metrics.jsonl
+    transpose: bool = True  # shift melodic notes by a random -5..+6 semitones per window
+    seed: int = 0  # seeds the initial weights, window sampling and augmentation
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+
+    def validate(self) -> "TrainConfig":
+        positive = ("batch_size", "val_every", "val_windows", "save_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.epochs <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise UsageError("--epochs and --lr must be positive, --warmup-steps and --grad-clip >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
+        return self
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # steps completed
+    epoch: float
+    best_val_loss: float | None
+    last: Path  # last.safetensors
+    best: Path  # best.safetensors
+    tokens_per_s: float  # mean training throughput of this session
+    seconds: float
+
+
+class TrainingInterrupted(BangerError):
+    """Ctrl-C: `last` was saved, the run can be resumed."""
+
+    exit_code = 130
+
+
+def resume_config(run_dir: str | os.PathLike, **overrides) -> TrainConfig:
+    """The training config stored in RUN_DIR/last.safetensors, with non-None `overrides`."""
+    _, meta = read_checkpoint(Path(run_dir) / "last.safetensors")
+    stored = meta["training"].get("train_config", {})
+    known = {f.name for f in fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in stored.items() if k in known})
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def train(
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    model_config: ModelConfig | None = None,
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    force: bool = False,
+    callback: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train on DATA_DIR (made by `banger preprocess`), writing checkpoints to RUN_DIR.
+    `callback` receives every event as a dict: start, train, validation, checkpoint."""
+    trainer = Trainer(Path(data_dir), Path(run_dir), model_config or ModelConfig(), config.validate(),
+                      resume=resume, force=force, callback=callback)
+    try:
+        return trainer.run()
+    finally:
+        trainer.runtime.close()
+
+
+class Trainer:
+    """One training session; `run()` is the loop, read top to bottom."""
+
+    def __init__(self, data_dir, run_dir, model_config, config, *, resume, force, callback):
+        self.data_dir, self.run_dir, self.config = data_dir, run_dir, config
+        self.callback = callback or (lambda event: None)
+        self.train_data = _nonempty(Shards(data_dir, "train"), data_dir)
+        self.val_data = Shards(data_dir, "validation")
+        self.data_hash = manifest_hash(data_dir)
+        self.runtime = setup_runtime(config.device)
+        self._prepare_run_dir(resume, force)
+        self.info: dict = {"step": 0, "best_val_loss": None, "tokens_seen": 0, "seconds": 0.0}
+        tokenizer_config = TokenizerConfig.from_dict(self.train_data.manifest["tokenizer"])
+        if resume:
+            self.model, model_config = self._load_last(tokenizer_config)
+        else:
+            torch.manual_seed(config.seed)
+            model_config = replace(model_config, vocab_size=Tokenizer(tokenizer_config).vocab_size)
+            self.model = build_model(model_config.validate())
+        self.model_config, self.tokenizer = model_config, Tokenizer(tokenizer_config)
+        self._check_batch()
+        self.model.to(self.runtime.device)
+        self.loss_module = wrap_model(NextTokenLoss(self.model), self.runtime, compile=config.compile)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        if resume:
+            self._load_optimizer()
+        self.sampler = WindowSampler(self.train_data, self.tokenizer, seq_len=model_config.seq_len,
+                                     seed=config.seed, transpose=config.transpose,
+                                     rank=self.runtime.rank)
+        self.val_windows = self._validation_windows()
+        self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=self.runtime.main)
+        self.stop_requested = False
+
+    # --- setup -------------------------------------------------------------------------
+
+    def _prepare_run_dir(self, resume: bool, force: bool) -> None:
+        existing = [name for name in RUN_FILES[:3] if (self.run_dir / name).exists()]
+        if resume:
+            if not (self.run_dir / "last.safetensors").exists():
+                raise BangerError(f"nothing to resume in {self.run_dir} (no last.safetensors)",
+                                  hint="drop --resume to start a new run")
+            return
+        if existing and not force:
+            raise OutputExistsError(
+                f"{self.run_dir} already holds a training run ({', '.join(existing)})",
+                hint="pass --resume to continue it or --force to start over",
+            )
+        if self.runtime.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name in RUN_FILES:
+                (self.run_dir / name).unlink(missing_ok=True)
+        self.runtime.barrier()
+
+    def _load_last(self, tokenizer_config: TokenizerConfig):
+        tensors, meta = read_checkpoint(self.run_dir / "last.safetensors")
+        check_tokenizer(meta["tokenizer"], tokenizer_config.to_dict(), where=str(self.data_dir))
+        if meta["training"].get("data_manifest_hash") != self.data_hash:
+            raise BangerError(
+                f"{self.run_dir} was trained on other data than {self.data_dir}",
+                hint="resume with the same DATA_DIR, or start a new run with --force",
+            )
+        self.info.update(meta["training"])
+        config = ModelConfig.from_dict(meta["model_config"])
+        model = build_model(config)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in tensors.items()})
+        return model, config
+
+    def _load_optimizer(self) -> None:
+        state = load_training_state(self.run_dir / "last.optim.pt")
+        if state.get("step") != self.info["step"]:
+            raise BangerError(
+                f"{self.run_dir}: last.optim.pt (step {state.get('step')}) does not match "
+                f"last.safetensors (step {self.info['step']})",
+                hint="the run was killed while saving; start again with --force",
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _check_batch(self) -> None:
+        c, world = self.config, self.runtime.world
+        if c.batch_size % world:
+            raise UsageError(f"--batch-size {c.batch_size} is not a multiple of {world} processes")
+        tokens = int(self.train_data.lengths.sum())
+        needed = c.batch_size * self.model_config.seq_len
+        if tokens < needed:
+            raise DataError(
+                f"one batch ({c.batch_size} windows of {self.model_config.seq_len} tokens = "
+                f"{needed:,} tokens) is larger than the training data ({tokens:,} tokens)",
+                hint="lower --batch-size or --seq-len, or preprocess more MIDI files",
+            )
+        self.steps_per_epoch = tokens // needed
+        total = math.ceil(c.epochs * self.steps_per_epoch)
+        self.total_steps = min(total, c.max_steps) if c.max_steps else total
+
+    def _validation_windows(self) -> list[tuple[np.ndarray, int]]:
+        """A fixed subset of validation windows from pieces in a seeded order, split over ranks."""
+        windows: list[tuple[np.ndarray, int]] = []
+        order = np.random.default_rng(0).permutation(len(self.val_data))
+        for index in order:
+            windows += piece_windows(np.asarray(self.val_data[int(index)]), self.tokenizer,
+                                     self.model_config.seq_len + 1)
+            if len(windows) >= self.config.val_windows:
+                break
+        return windows[: self.config.val_windows][self.runtime.rank :: self.runtime.world]
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        c, start = self.config, int(self.info["step"])
+        self.log.truncate_after(start)
+        self._emit("start", step=start, total_steps=self.total_steps,
+                   steps_per_epoch=self.steps_per_epoch, parameters=count_parameters(self.model),
+                   device=self.runtime.describe(), model=self.model_config.to_dict())
+        stats = torch.zeros(3, device=self.runtime.device)
+        began = window_start = time.perf_counter()
+        window_steps = 0
+        with _sigint_sets(self):
+            for step in range(start, self.total_steps):
+                stats += self._step(step)
+                done, window_steps = step + 1, window_steps + 1
+                if done % c.log_every == 0 or done == self.total_steps:
+                    now = time.perf_counter()
+                    self._log_train(done, stats, window_steps, now - window_start)
+                    stats.zero_()
+                    window_start, window_steps = now, 0
+                if done % c.val_every == 0 or done == self.total_steps:
+                    self._validate(done)
+                if done % c.save_every == 0 or done == self.total_steps:
+                    self._save_last(done)
+                if self.runtime.any(self.stop_requested):
+                    self._save_last(done)
+                    raise TrainingInterrupted(
+                        f"interrupted at step {done}; saved {self.run_dir / 'last.safetensors'}",
+                        hint="continue with `banger train ... --resume`",
+                    )
+        seconds = time.perf_counter() - began
+        if self.runtime.main:
+            write_curves(self.log.path, self.run_dir / "curves.png")
+        tokens = (self.total_steps - start) * c.batch_size * self.model_config.seq_len
+        return TrainResult(self.run_dir, self.total_steps, self.total_steps / self.steps_per_epoch,
+                           self.info["best_val_loss"], self.run_dir / "last.safetensors",
+                           self.run_dir / "best.safetensors", tokens / max(seconds, 1e-9), seconds)
+
+    def _step(self, step: int) -> torch.Tensor:
+        """One optimizer step; returns the detached [loss sum, correct, counted] of the batch."""
+        c, device = self.config, self.runtime.device
+        rows = c.batch_size // self.runtime.world
+        batch = torch.from_numpy(self.sampler.batch(step, rows)).to(device, non_blocking=True)
+        torch.manual_seed(c.seed * 1_000_003 + step)  # dropout masks depend on the step only
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else c.lr
+        try:
+            with autocast_for(device):
+                out = self.loss_module(batch[:, :-1], batch[:, 1:]).sum(0)
+            loss = out[0] / out[2].clamp(min=1)
+            loss.backward()
+            if c.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            raise BangerError(
+                f"out of memory at step {step + 1} on {self.runtime.describe()} ({type(err).__name__})",
+                hint="lower --batch-size or --seq-len, or pick a smaller --preset",
+            ) from None
+        return out.detach().float()
+
+    def _log_train(self, done: int, stats: torch.Tensor, steps: int, seconds: float) -> None:
+        stats = self.runtime.sum(stats)
+        loss_sum, correct, counted = stats.tolist()
+        tokens = steps * self.config.batch_size * self.model_config.seq_len
+        self.info["tokens_seen"] = int(self.info.get("tokens_seen", 0)) + tokens
+        self.info["seconds"] = float(self.info.get("seconds", 0.0)) + seconds
+        self._emit("train", step=done, loss=loss_sum / max(counted, 1),
+                   accuracy=correct / max(counted, 1), tokens_per_s=tokens / max(seconds, 1e-9),
+                   lr=self.optimizer.param_groups[0]["lr"])
+
+    def _validate(self, done: int) -> None:
+        if not self.val_windows and len(self.val_data) == 0:
+            return
+        self.model.eval()
+        totals = score_windows(self.model, self.val_windows, field_table(self.tokenizer),
+                               batch_size=self.config.batch_size // self.runtime.world or 1,
+                               device=self.runtime.device)
+        self.model.train()
+        totals = self.runtime.sum(torch.from_numpy(totals)).numpy()
+        loss = float(totals[0].sum() / max(totals[2].sum(), 1))
+        self._emit("validation", step=done, loss=loss,
+                   accuracy=float(totals[1].sum() / max(totals[2].sum(), 1)))
+        best = self.info.get("best_val_loss")
+        if best is None or loss < best:
+            self.info["best_val_loss"] = loss
+            self._save("best.safetensors", done, val_loss=loss)
+        if self.runtime.main:
+            write_curves(self.log.path, self.run_dir / "curves.png")
+
+    # --- files -------------------------------------------------------------------------
+
+    def _save(self, name: str, done: int, **extra) -> None:
+        self.info.update(step=done, epoch=done / self.steps_per_epoch, **extra)
+        if self.runtime.main:
+            info = {**self.info, "data_manifest_hash": self.data_hash, "data_dir": str(self.data_dir),
+                    "train_config": asdict(self.config), "world_size": self.runtime.world}
+            path = save_checkpoint(self.run_dir / name, self.model, config=self.model_config,
+                                   tokenizer_config=self.tokenizer.config, info=info)
+            self._emit("checkpoint", step=done, path=str(path))
+
+    def _save_last(self, done: int) -> None:
+        if self.runtime.main:
+            # optimizer first: a kill between the two writes is caught by the step check on resume
+            save_training_state(self.run_dir / "last.optim.pt",
+                                {"step": done, "optimizer": self.optimizer.state_dict()})
+        self._save("last.safetensors", done)
+        if len(self.val_data) == 0 and self.runtime.main:  # nothing to validate on: best = last
+            save_checkpoint(self.run_dir / "best.safetensors", self.model, config=self.model_config,
+                            tokenizer_config=self.tokenizer.config, info=self.info)
+
+    def _emit(self, event: str, **values) -> None:
+        if event in ("train", "validation"):
+            values["epoch"] = values["step"] / self.steps_per_epoch
+            self.log.write({"split": "train" if event == "train" else "validation", **values})
+        if self.runtime.main:
+            self.callback({"event": event, **values})
+
+
+def _nonempty(shards: Shards, data_dir) -> Shards:
+    if len(shards) == 0 or int(shards.lengths.sum()) == 0:
+        raise DataError(f"the train split of {data_dir} is empty",
+                        hint="preprocess more MIDI files, or a lower --val-fraction")
+    return shards
+
+
+class _sigint_sets:
+    """While training, Ctrl-C asks the loop to save and stop after the current step;
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.trainer.stop_requested:
+            raise KeyboardInterrupt
+        self.trainer.stop_requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged point (step, epoch, split, loss, accuracy, ...)."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, point: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({**point, "time": round(time.time(), 3)}) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop points logged after `step` (a resumed run logs them again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        text = "".join(line + "\n" for line in keep)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+def write_curves(metrics: Path, png: Path) -> None:
+    """curves.png: training and validation loss and accuracy against steps (matplotlib, Agg)."""
+    if not metrics.exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    points = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line]
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("validation", "o-")):
+        chosen = [p for p in points if p.get("split") == split]
+        steps = [p["step"] for p in chosen]
+        loss_axes.plot(steps, [p["loss"] for p in chosen], style, label=split, markersize=3)
+        accuracy_axes.plot(steps, [p["accuracy"] for p in chosen], style, label=split, markersize=3)
+    for axes, name in ((loss_axes, "cross-entropy loss (nats/token)"), (accuracy_axes, "token accuracy")):
+        axes.set_xlabel("step")
+        axes.set_ylabel(name)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    temporary = png.with_name(f".{png.name}.tmp-{os.getpid()}.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, png)

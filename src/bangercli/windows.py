@@ -1,0 +1,131 @@
+"""Training and evaluation windows cut from tokenized pieces, with pitch augmentation.
+
+Every window starts with its piece's header (START, drums flag, instrument tokens: the
+tokens before the first TIME token), followed by a crop that begins on a note boundary
+(a TIME token not preceded by another TIME token). Seeing the header in every window is
+what makes instrument and drums control learnable. Short windows are padded with PAD (0).
+numpy only: no torch here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .instruments import DRUMS
+from .shards import Shards
+from .tokenizer import Tokenizer
+
+TRANSPOSE_RANGE = (-5, 6)  # semitones, inclusive: every key is reachable from any other
+
+
+def header_length(piece: np.ndarray, tokenizer: Tokenizer) -> int:
+    """Number of tokens before the first TIME token (the whole piece when it has no notes)."""
+    is_time = (piece >= tokenizer.time_offset) & (piece < tokenizer.durvel_offset)
+    return int(np.argmax(is_time)) if is_time.any() else len(piece)
+
+
+def note_starts(piece: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """Positions of TIME tokens that are not preceded by another TIME token (note boundaries)."""
+    is_time = (piece >= tokenizer.time_offset) & (piece < tokenizer.durvel_offset)
+    previous = np.concatenate(([False], is_time[:-1]))
+    return np.flatnonzero(is_time & ~previous)
+
+
+def transpose_notes(windows: np.ndarray, shifts: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """Shift melodic NOTE tokens of each row by ``shifts[row]`` semitones, in place.
+
+    Drums are never transposed. A pitch pushed out of 0..127 is folded back by an octave
+    (the shift is at most 6), so every note survives and the grammar stays intact.
+    """
+    rel = windows.astype(np.int64) - tokenizer.note_offset
+    is_note = (rel >= 0) & (windows < tokenizer.vocab_size)
+    instrument, pitch = np.divmod(rel, 128)
+    melodic = is_note & (instrument != DRUMS.index)
+    moved = pitch + shifts.astype(np.int64)[:, None]
+    moved = np.where(moved < 0, moved + 12, moved)
+    moved = np.where(moved > 127, moved - 12, moved)
+    new = tokenizer.note_offset + instrument * 128 + moved
+    windows[melodic] = new[melodic].astype(windows.dtype)
+    return windows
+
+
+class WindowSampler:
+    """Random training windows of ``seq_len + 1`` tokens: a pure function of (seed, step, rank),
+    so a resumed run sees exactly the batches the uninterrupted one would have seen."""
+
+    def __init__(
+        self,
+        shards: Shards,
+        tokenizer: Tokenizer,
+        *,
+        seq_len: int,
+        seed: int,
+        transpose: bool = True,
+        rank: int = 0,
+    ) -> None:
+        self.shards = shards
+        self.tokenizer = tokenizer
+        self.length = seq_len + 1  # inputs are window[:-1], targets window[1:]
+        self.seed = seed
+        self.transpose = transpose
+        self.rank = rank
+        lengths = shards.lengths.astype(np.float64)
+        # Pieces are drawn in proportion to their length: every token is equally likely to be seen.
+        self.cdf = np.cumsum(lengths) / lengths.sum()
+        self._starts = lru_cache(maxsize=4096)(self._piece_starts)
+
+    def _piece_starts(self, index: int) -> tuple[int, np.ndarray]:
+        piece = np.asarray(self.shards[index])
+        return header_length(piece, self.tokenizer), note_starts(piece, self.tokenizer)
+
+    def batch(self, step: int, size: int) -> np.ndarray:
+        """`size` windows for `step`, as an int64 array of shape (size, seq_len + 1)."""
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        pieces = np.searchsorted(self.cdf, rng.random(size), side="right")
+        pieces = np.minimum(pieces, len(self.cdf) - 1)
+        windows = np.zeros((size, self.length), dtype=np.int64)
+        for row, index in enumerate(pieces):
+            window = self.window(int(index), rng)
+            windows[row, : len(window)] = window
+        if self.transpose:
+            low, high = TRANSPOSE_RANGE
+            transpose_notes(windows, rng.integers(low, high + 1, size=size), self.tokenizer)
+        return windows
+
+    def window(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        piece = self.shards[index]
+        header, starts = self._starts(index)
+        if len(starts) == 0:
+            return np.asarray(piece[: self.length])
+        body = self.length - header
+        # Crops that fit, plus the first one that runs off the end (so END is seen too).
+        last = np.searchsorted(starts, len(piece) - body, side="right")
+        start = int(starts[rng.integers(min(last + 1, len(starts)))])
+        return np.concatenate((piece[:header], piece[start : start + body]))
+
+
+def piece_windows(piece: np.ndarray, tokenizer: Tokenizer, length: int) -> list[tuple[np.ndarray, int]]:
+    """Non-overlapping windows covering a piece, each ``(tokens, skip)``: `tokens` is the header
+    plus a crop starting on a note boundary, at most `length` long; the first `skip` targets
+    (the repeated header) are not scored, so every token of the piece is scored exactly once."""
+    piece = np.asarray(piece, dtype=np.int64)
+    header = header_length(piece, tokenizer)
+    starts = note_starts(piece, tokenizer)
+    windows: list[tuple[np.ndarray, int]] = []
+    position = 0  # the first window holds the header itself, scored once
+    while position < len(piece):
+        prefix = piece[:header] if position else piece[:0]
+        end = min(position + length - len(prefix), len(piece))
+        if end < len(piece):
+            end = _aligned_end(starts, position, end)
+        windows.append((np.concatenate((prefix, piece[position:end])), len(prefix) - 1 if position else 0))
+        position = end
+    return windows
+
+
+def _aligned_end(starts: np.ndarray, start: int, end: int) -> int:
+    """The last note boundary in (start, end], or `end` when there is none."""
+    k = np.searchsorted(starts, end, side="right") - 1
+    return int(starts[k]) if k >= 0 and starts[k] > start else end
