@@ -19,7 +19,7 @@ settings.register_profile(
     derandomize=True,  # the same examples on every run and machine
     database=None,  # no .hypothesis folder in the tree
     deadline=None,  # the first example pays for imports; timing is not what we test
-    max_examples=60,
+    max_examples=100,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("banger")

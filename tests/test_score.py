@@ -106,6 +106,14 @@ def test_running_status_and_velocity_zero_note_offs():
     assert notes == notes_via_mido(mido.MidiFile(file=io.BytesIO(data)))
 
 
+def test_running_status_survives_meta_events_but_not_sysex():
+    on, marker, sysex = b"\x00\x90\x3c\x64", b"\x00\xff\x06\x01m", b"\x00\xf0\x02\x7e\xf7"
+    off = b"\x60\x3c\x00"  # running status: C4 velocity 0
+    assert read(smf(mtrk(on + marker + off + END_OF_TRACK))) == [NOTE_READ]
+    with pytest.raises(MidiReadError, match="running status"):
+        read(smf(mtrk(on + sysex + off + END_OF_TRACK)))
+
+
 def test_overlapping_notes_of_one_pitch_are_paired_first_in_first_out_then_cut():
     # on@0, on@2 beats, off@3 beats, off@4 beats: FIFO gives 0-3 and 2-4; the first is
     # then cut where the second starts, so no two notes overlap on one key.
@@ -175,7 +183,9 @@ def test_a_file_without_program_changes_is_piano_and_says_so():
     assert not score.has_programs
 
 
-@pytest.mark.parametrize("tick, step", [(0, 0), (29, 0), (30, 1), (59, 1), (60, 1), (89, 1), (90, 2)])
+@pytest.mark.parametrize(
+    "tick, step", [(0, 0), (29, 0), (30, 1), (59, 1), (60, 1), (89, 1), (90, 2)]
+)
 def test_onsets_round_to_the_nearest_step_halves_up(tick, step):
     midi = midi_file(track(program(0, 0), note(0, 60, tick, TPB)))
     assert read(midi)[0].start == step
@@ -199,9 +209,9 @@ def test_long_notes_are_clipped_to_128_steps():
 
 def test_smpte_division_is_read_at_120_bpm():
     # 25 frames/s x 40 ticks/frame = 1000 ticks/s = 500 ticks per beat at 120 bpm
-    body = b"\x00\x90\x3c\x64" + vlq(500) + b"\x80\x3c\x00" + vlq(500) + b"\x90\x3e\x64" + vlq(
-        250
-    ) + b"\x80\x3e\x00" + END_OF_TRACK
+    body = (b"\x00\x90\x3c\x64" + vlq(500) + b"\x80\x3c\x00"  # C4 for 500 ticks
+            + vlq(500) + b"\x90\x3e\x64" + vlq(250) + b"\x80\x3e\x00"  # D4 for 250
+            + END_OF_TRACK)
     notes = read(smf(mtrk(body), fmt=0, division=0xE728))
     assert [(n.start, n.duration, n.pitch) for n in notes] == [(0, 8, 60), (16, 4, 62)]
 
@@ -227,16 +237,26 @@ FIXTURES = {
     "band": band(4),
     "band-type0": merged(band(5)),
     "no-drums": band(6, drums=False),
-    "tempo-map": midi_file(track(tempo(90), tempo(140, tick=TPB)), track(program(2, 81), note(2, 70, 0, 3 * TPB))),
+    "tempo-map": midi_file(
+        track(tempo(90), tempo(140, tick=TPB)), track(program(2, 81), note(2, 70, 0, 3 * TPB))
+    ),
+    "overlaps-and-zero-lengths": midi_file(
+        track(program(0, 0), note(0, 60, 0, 3 * TPB), note(0, 60, TPB, TPB), note(0, 60, TPB, 0),
+              note(0, 62, 2 * TPB, 0), program(0, 30, tick=2 * TPB), note(0, 64, 2 * TPB, TPB))
+    ),
+    "running-status": smf(mtrk(b"\x00\xc1\x21\x00\x91\x28\x64\x10\x2b\x64\x60\x28\x00"
+                               b"\x00\xff\x01\x01x\x10\x2b\x00" + END_OF_TRACK)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_parser_matches_mido_on_fixtures(name):
-    midi = FIXTURES[name]
-    data = to_bytes(midi)
+    fixture = FIXTURES[name]
+    data = fixture if isinstance(fixture, bytes) else to_bytes(fixture)
     parsed = mido.MidiFile(file=io.BytesIO(data))
-    assert sorted(read(data)) == sorted(notes_via_mido(parsed))
+    notes = read(data)
+    assert notes and sorted(notes) == sorted(notes_via_mido(parsed))
+    assert len(notes) <= len(note_ons_via_mido(parsed))
 
 
 note_events = st.lists(

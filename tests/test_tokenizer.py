@@ -4,6 +4,7 @@ sequence, config versioning, and the instrument table it rests on."""
 from __future__ import annotations
 
 import json
+import random
 
 import mido
 import numpy as np
@@ -26,14 +27,16 @@ from bangercli.tokenizer import TOKENIZER_FORMAT, Tokenizer, TokenizerConfig
 from conftest import corpus_files
 from midi_fixtures import (
     DRUMS as DRUM_CH,
-    TPB,
+    END_OF_TRACK,
     band,
     category_of_program,
     merged,
     midi_file,
+    mtrk,
     note,
     program,
     quantize,
+    smf,
     to_bytes,
     track,
     velocity_level,
@@ -67,7 +70,8 @@ def test_token_kinds_at_every_boundary(token, kind):
 
 
 def test_describe_names_every_kind_of_token():
-    names = [TOK.describe(t) for t in (0, 1, 2, 3, 4, 8, 16 + 12, 272 + 8 * 3 + 5, 1296 + 384 + 64, 2740, -3)]
+    ids = (0, 1, 2, 3, 4, 8, 16 + 12, 272 + 8 * 3 + 5, 1296 + 384 + 64, 2740, -3)
+    names = [TOK.describe(t) for t in ids]
     assert names == [
         "PAD", "START", "END", "DRUMS_OFF", "DRUMS_ON", "INSTRUMENT(guitar)", "TIME(12)",
         "DURVEL(4,5)", "NOTE(guitar,64)", "NOTE(drums,36)", "INVALID(-3)",
@@ -205,6 +209,31 @@ def test_note_lists_round_trip_through_ids_and_midi(notes):
     assert TOK.encode(midi) == ids
 
 
+@given(notes=notes_lists, seed=st.integers(0, 2**32 - 1))
+def test_normalize_is_canonical_whatever_the_input_order(notes, seed):
+    grid = TOK.grid
+    once = normalize(notes, grid)
+    shuffled = list(notes)
+    random.Random(seed).shuffle(shuffled)
+    assert normalize(shuffled, grid) == once
+    assert normalize(once, grid) == once
+    assert once == sorted(once, key=lambda n: (n.instrument, n.pitch, n.start))
+    assert {(n.start, n.instrument, n.pitch) for n in once} == {
+        (n.start, n.instrument, n.pitch) for n in notes
+    }
+    assert all(1 <= n.duration <= 128 for n in once)
+    for a, b in zip(once, once[1:]):
+        if (a.instrument, a.pitch) == (b.instrument, b.pitch):
+            assert a.start + a.duration <= b.start
+
+
+def test_encoding_leaves_the_callers_notes_alone():
+    notes = [Note(8, 2, 0, 60, 1), Note(0, 500, 3, 40, 2), Note(0, 2, 0, 60, 1)]
+    copy = list(notes)
+    TOK.encode_notes(notes)
+    assert notes == copy
+
+
 @given(notes=notes_lists)
 @settings(max_examples=25)
 def test_round_trips_hold_on_other_grids(notes):
@@ -319,6 +348,11 @@ def test_decoded_header_is_reported():
     assert TOK.decode_score(GOOD_NOTE).header == {"drums": None, "instruments": []}
 
 
+def test_an_instrument_named_twice_in_the_header_gets_one_track():
+    midi = TOK.decode([1, 3, 5, 8, 5, *GOOD_NOTE, *note_ids(0, 2, 2, 3, 40)])
+    assert [t.name for t in midi.tracks] == ["banger", "piano", "guitar"]
+
+
 def decode_checks(ids) -> None:
     score = TOK.decode_score(ids)
     assert score.invalid_tokens >= 0
@@ -372,6 +406,15 @@ def test_decoded_files_have_one_track_per_instrument_drums_on_channel_10():
         program_of[name] = [m.program for m in midi_track if m.type == "program_change"]
     assert channel == {"piano": {0}, "bass": {4}, "drums": {DRUM_CHANNEL}}
     assert program_of == {"piano": [0], "bass": [33], "drums": [0]}
+
+
+@pytest.mark.parametrize("tempo_value", [1, 500_000, 0xFFFFFF])
+def test_any_tempo_a_file_holds_is_written_back(tempo_value):
+    set_tempo = b"\x00\xff\x51\x03" + tempo_value.to_bytes(3, "big")
+    one_note = b"\x00\xc0\x00\x00\x90\x3c\x64\x60\x80\x3c\x00" + END_OF_TRACK
+    score = TOK.read(smf(mtrk(set_tempo + one_note)))
+    midi = TOK.decode(TOK.encode(score), bpm=score.bpm)
+    assert [m.tempo for m in midi.tracks[0] if m.type == "set_tempo"] == [tempo_value]
 
 
 def test_all_twelve_instruments_get_distinct_channels_when_decoded():

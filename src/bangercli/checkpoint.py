@@ -38,10 +38,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         write(temporary)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # some writers create 0600 files
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def bare_model(model: nn.Module) -> nn.Module:

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .errors import BangerError
+from .errors import BangerError, UsageError
 
 app = typer.Typer(
     name="banger",
@@ -94,7 +94,7 @@ def preprocess(
     from .preprocess import preprocess as run
 
     if workers < 0:
-        raise BangerError(f"--workers must be >= 0, got {workers}")
+        raise UsageError(f"--workers must be >= 0, got {workers}")
     options = PreprocessOptions(
         val_fraction=val_fraction,
         max_notes=max_notes,

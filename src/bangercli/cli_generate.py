@@ -73,7 +73,8 @@ def generate(
 
     from .output import save_pieces
 
-    warn = (lambda message: None) if quiet else (lambda message: stderr.print(f"warning: {message}"))
+    warn = (lambda message: None) if quiet else (
+        lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
     saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
                         soundfont=soundfont, piano_roll=piano_roll, force=force,
                         steps_per_bar=steps_per_bar, warn=warn)

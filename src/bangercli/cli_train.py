@@ -75,6 +75,8 @@ def train(
     with _TrainProgress(quiet) as progress:
         result = run(data_dir, out, model_config=model, config=config, resume=resume,
                      force=force, callback=progress)
+    if result.rank != 0:
+        return
     if not quiet:
         best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
         stderr.print(soft_wrap=True, *[f"trained {result.step} steps ({result.epoch:.2f} epochs) in "
@@ -142,11 +144,11 @@ def evaluate(
     from .checkpoint import load_model
     from .cli import _progress
     from .evaluate import evaluate as run
-    from .runtime import setup_runtime
+    from .runtime import pick_device
 
     if batch_size < 1 or (max_pieces is not None and max_pieces < 1):
         raise UsageError("--batch-size and --max-pieces must be >= 1")
-    banger = load_model(model, device=str(setup_runtime(device).device))
+    banger = load_model(model, device=str(pick_device(device)))
     with _progress(quiet, "evaluating") as update:
         result = run(banger, data_dir, split=split, batch_size=batch_size, max_pieces=max_pieces,
                      progress=update)

@@ -18,7 +18,7 @@ import torch
 from .errors import BangerError, UsageError
 from .fastdecode import FastDecoder, UnsupportedModel
 from .instruments import DRUMS, INSTRUMENTS, instrument_named
-from .sampling import EXPECT_TIME, HEADER, Grammar, Sampling, sample
+from .sampling import AFTER_DURVEL, EXPECT_TIME, HEADER, Grammar, Sampling, sample
 from .score import DEFAULT_BPM, Note, write_midi
 from .tokenizer import Tokenizer, lead_order
 
@@ -60,6 +60,11 @@ class Request:
             raise UsageError("--only needs at least one --instrument")
         for name in self.instruments:
             instrument_named(name)
+        if self.only and self.drums is False and all(instrument_named(name).is_drums
+                                                     for name in self.instruments):
+            raise UsageError("--only drums with --no-drums leaves nothing to play")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
 
 
 @dataclass
@@ -159,18 +164,26 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
 
     logits = _rewindow(decoder, rows, header_len, window, tokenizer)
     produced = 0
-    while produced < budget and not bool(done.all()):
+    chord = torch.zeros(batch, dtype=torch.long)  # notes so far at each row's current onset
+    while not bool(done.all()):
         mask = torch.where(drums_on, on.masks[phase], off.masks[phase])
         if start > 0:
             mask = _no_time_before(mask, tokenizer, phase, time, start)
+        if bool((chord >= MAX_CHORD).any()):  # time must move on, or --bars might never end
+            mask = mask.clone()
+            mask[chord >= MAX_CHORD, tokenizer.time_token(0)] = False
         token = sample(logits, mask, request.sampling, generator)
-        phase, time = on.advance(phase, time, token)
+        new_phase, new_time = on.advance(phase, time, token)
+        chord = torch.where(new_time > time, 0, chord + (new_phase == EXPECT_TIME).long())
+        phase, time = new_phase, new_time
         for i, value in enumerate(token.tolist()):
             if not done[i]:
                 rows[i].append(value)
         if limit is not None:
             done |= time >= limit
         produced += 1
+        if produced >= budget:  # --tokens: stop, but never between a DURVEL and its NOTE
+            done |= phase != AFTER_DURVEL
         if progress and produced % 32 == 0:
             progress(int(time.min().clamp(max=limit or 0)) if limit else produced, limit or budget)
         if decoder.length >= window:
@@ -179,6 +192,9 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
         else:
             logits = decoder.step(token)
     return rows
+
+
+MAX_CHORD = 64  # most notes at one onset; a model stuck on TIME(0) would otherwise loop forever
 
 
 def fast_decoder(banger) -> FastDecoder:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from .errors import BangerError, DataError, MidiReadError, OutputExistsError, UsageError
 from .instruments import DRUMS, INSTRUMENTS
-from .score import Score
+from .score import MAX_FILE_BYTES, Score
 from .shards import DATA_FORMAT, DATA_FORMAT_VERSION, ShardWriter
 from .tokenizer import Tokenizer, TokenizerConfig, lead_order
 
@@ -89,6 +89,10 @@ def process_file(path: Path, options: PreprocessOptions, config: TokenizerConfig
     """Read, filter and tokenize one file. Never raises for a bad file: returns a reason."""
     result: dict = {"path": str(path)}
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # refused unread: a stray 4 GB file must not fill the memory
+            reason = f"unreadable: file too large ({size} bytes > {MAX_FILE_BYTES})"
+            return {**result, "skip": reason}
         data = path.read_bytes()
     except OSError as err:
         return {**result, "skip": f"unreadable: {err.strerror or err}"}
@@ -175,6 +179,9 @@ def preprocess(
         raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"{out} already exists", hint="pass --force to replace it")
+    if out.exists() and any(_holds(out, source) for source in sources):
+        # --force deletes the old directory: never when the inputs live in it
+        raise UsageError(f"{out} holds the input files", hint="choose another --out")
     files = find_midi_files(sources)
     if not files:
         raise DataError(f"no .mid/.midi files found in {', '.join(map(str, sources))}")
@@ -243,6 +250,11 @@ def _build(staging, files, options, config, workers, report, progress) -> None:
         "skipped": dict(report.skipped.most_common()),
         "options": asdict(options),
     }
+
+
+def _holds(directory: Path, path: str | os.PathLike) -> bool:
+    directory, path = directory.resolve(), Path(path).resolve()
+    return directory == path or directory in path.parents
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -64,19 +64,29 @@ class Runtime:
             self.owns_group = False
 
 
-def setup_runtime(device: str = "auto") -> Runtime:
-    """The runtime for `device` ("auto", "cpu", "cuda", "cuda:N"), joining a torchrun job
-    when the environment says so (RANK, WORLD_SIZE, LOCAL_RANK)."""
+def pick_device(device: str = "auto") -> torch.device:
+    """One device from "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
     cuda = torch.cuda.is_available()
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not cuda:
         raise UsageError(f"--device {device}: no CUDA device is available", hint="use --device cpu")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return _distributed(use_cuda=cuda and device != "cpu")
     if device == "cpu" or not cuda:
-        return Runtime(torch.device("cpu"))
-    chosen = torch.device("cuda" if device == "auto" else device)
+        return torch.device("cpu")
+    try:
+        return torch.device("cuda" if device == "auto" else device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N") from None
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """The runtime for `device` ("auto", "cpu", "cuda", "cuda:N"), joining a torchrun job
+    when the environment says so (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    chosen = pick_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _distributed(use_cuda=chosen.type == "cuda")
+    if chosen.type == "cpu":
+        return Runtime(chosen)
     gpus = torch.cuda.device_count() if chosen.index is None else 1
     return Runtime(torch.device("cuda", chosen.index or 0), gpus=max(gpus, 1))
 

@@ -167,7 +167,7 @@ def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) 
         while pos < end:
             byte = data[pos]
             pos += 1
-            if byte < 0x80:  # most delta times are one byte: skip the loop (a quarter of parse time)
+            if byte < 0x80:  # most delta times are one byte: no loop for them
                 tick += byte
             else:
                 delta = byte & 0x7F
@@ -393,7 +393,10 @@ def write_midi(
     midi = mido.MidiFile(type=1, ticks_per_beat=OUTPUT_TICKS_PER_BEAT)
     conductor = mido.MidiTrack()
     conductor.append(mido.MetaMessage("track_name", name="banger", time=0))
-    conductor.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm), time=0))
+    # clamped to what set_tempo can hold: the slowest file tempo, 0xFFFFFF, reads as 3.576 bpm,
+    # which rounds to a tempo one step too large
+    tempo = min(max(mido.bpm2tempo(bpm), 1), 0xFFFFFF)
+    conductor.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
     conductor.append(
         mido.MetaMessage("time_signature", numerator=4, denominator=4, time=0)
     )

@@ -227,7 +227,8 @@ class Tokenizer:
         counts = [0] * len(INSTRUMENTS)
         for note in score.notes:
             counts[note.instrument] += 1
-        order = list(score.header.get("instruments") or [])
+        # dict.fromkeys: a header that names an instrument twice still gets one track for it
+        order = list(dict.fromkeys(score.header.get("instruments") or []))
         order += [i for i in lead_order(counts) if i not in order]
         return write_midi(score.notes, order=order, grid=self.grid, bpm=bpm)
 

@@ -77,6 +77,7 @@ class TrainResult:
     best: Path  # best.safetensors
     tokens_per_s: float  # mean training throughput of this session
     seconds: float
+    rank: int = 0  # the process in a torchrun job; only rank 0 reports
 
 
 class TrainingInterrupted(BangerError):
@@ -124,17 +125,19 @@ class Trainer:
         self.val_data = Shards(data_dir, "validation")
         self.data_hash = manifest_hash(data_dir)
         self.runtime = setup_runtime(config.device)
-        self._prepare_run_dir(resume, force)
+        self._check_run_dir(resume, force)
         self.info: dict = {"step": 0, "best_val_loss": None, "tokens_seen": 0, "seconds": 0.0}
         tokenizer_config = TokenizerConfig.from_dict(self.train_data.manifest["tokenizer"])
         if resume:
             self.model, model_config = self._load_last(tokenizer_config)
         else:
-            torch.manual_seed(config.seed)
             model_config = replace(model_config, vocab_size=Tokenizer(tokenizer_config).vocab_size)
-            self.model = build_model(model_config.validate())
-        self.model_config, self.tokenizer = model_config, Tokenizer(tokenizer_config)
+        self.model_config, self.tokenizer = model_config.validate(), Tokenizer(tokenizer_config)
         self._check_batch()
+        if not resume:  # every check passed: only now clear an old run away (--force)
+            self._clear_run_dir()
+            torch.manual_seed(config.seed)
+            self.model = build_model(model_config)
         self.model.to(self.runtime.device)
         self.loss_module = wrap_model(NextTokenLoss(self.model), self.runtime, compile=config.compile)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -149,18 +152,20 @@ class Trainer:
 
     # --- setup -------------------------------------------------------------------------
 
-    def _prepare_run_dir(self, resume: bool, force: bool) -> None:
-        existing = [name for name in RUN_FILES[:3] if (self.run_dir / name).exists()]
+    def _check_run_dir(self, resume: bool, force: bool) -> None:
         if resume:
             if not (self.run_dir / "last.safetensors").exists():
                 raise BangerError(f"nothing to resume in {self.run_dir} (no last.safetensors)",
                                   hint="drop --resume to start a new run")
             return
+        existing = [name for name in RUN_FILES[:3] if (self.run_dir / name).exists()]
         if existing and not force:
             raise OutputExistsError(
                 f"{self.run_dir} already holds a training run ({', '.join(existing)})",
                 hint="pass --resume to continue it or --force to start over",
             )
+
+    def _clear_run_dir(self) -> None:
         if self.runtime.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for name in RUN_FILES:
@@ -230,7 +235,7 @@ class Trainer:
         stats = torch.zeros(3, device=self.runtime.device)
         began = window_start = time.perf_counter()
         window_steps = 0
-        with _sigint_sets(self):
+        with _StopOnCtrlC(self):
             for step in range(start, self.total_steps):
                 stats += self._step(step)
                 done, window_steps = step + 1, window_steps + 1
@@ -241,8 +246,10 @@ class Trainer:
                     window_start, window_steps = now, 0
                 if done % c.val_every == 0 or done == self.total_steps:
                     self._validate(done)
+                    window_start = time.perf_counter()  # tokens/s counts training time only
                 if done % c.save_every == 0 or done == self.total_steps:
                     self._save_last(done)
+                    window_start = time.perf_counter()
                 if self.runtime.any(self.stop_requested):
                     self._save_last(done)
                     raise TrainingInterrupted(
@@ -255,7 +262,8 @@ class Trainer:
         tokens = (self.total_steps - start) * c.batch_size * self.model_config.seq_len
         return TrainResult(self.run_dir, self.total_steps, self.total_steps / self.steps_per_epoch,
                            self.info["best_val_loss"], self.run_dir / "last.safetensors",
-                           self.run_dir / "best.safetensors", tokens / max(seconds, 1e-9), seconds)
+                           self.run_dir / "best.safetensors", tokens / max(seconds, 1e-9), seconds,
+                           rank=self.runtime.rank)
 
     def _step(self, step: int) -> torch.Tensor:
         """One optimizer step; returns the detached [loss sum, correct, counted] of the batch."""
@@ -292,7 +300,7 @@ class Trainer:
                    lr=self.optimizer.param_groups[0]["lr"])
 
     def _validate(self, done: int) -> None:
-        if not self.val_windows and len(self.val_data) == 0:
+        if len(self.val_data) == 0:
             return
         self.model.eval()
         totals = score_windows(self.model, self.val_windows, field_table(self.tokenizer),
@@ -346,7 +354,7 @@ def _nonempty(shards: Shards, data_dir) -> Shards:
     return shards
 
 
-class _sigint_sets:
+class _StopOnCtrlC:
     """While training, Ctrl-C asks the loop to save and stop after the current step;
     a second Ctrl-C interrupts at once."""
 

@@ -1,0 +1,188 @@
+"""Audio previews: which soundfont is used, offline rendering with FluidSynth (drums
+included), files in every format that play for the piece's length plus the tail, and a
+MIDI file with a warning when there is no way to make audio. Tests that need FluidSynth
+or a soundfont skip cleanly where they are missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bangercli.audio as audio_module
+from bangercli.audio import (
+    SAMPLE_RATE,
+    TAIL_SECONDS,
+    AudioUnavailable,
+    find_soundfont,
+    render,
+    write_audio,
+)
+from bangercli.errors import BangerError
+from bangercli.generate import Piece
+from bangercli.output import save_pieces
+from bangercli.score import Grid, Note, write_midi
+
+DRUMS = 11
+KICK, SNARE, HIHAT = 36, 38, 42
+
+
+def _fluidsynth_importable() -> bool:
+    try:
+        import fluidsynth  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+needs_fluidsynth = pytest.mark.skipif(not _fluidsynth_importable(),
+                                      reason="pyfluidsynth or libfluidsynth is not installed")
+
+
+@pytest.fixture
+def soundfont(monkeypatch, banger_home) -> Path:
+    """The system's General MIDI soundfont, or a skip."""
+    monkeypatch.delenv("BANGER_SOUNDFONT", raising=False)
+    if not _fluidsynth_importable():
+        pytest.skip("pyfluidsynth or libfluidsynth is not installed")
+    try:
+        return find_soundfont(data_dir=banger_home)
+    except BangerError:
+        pytest.skip("no General MIDI soundfont on this machine")
+
+
+def piece_of(notes: list[Note], *, bars: int, bpm: float, instruments: list[str]) -> Piece:
+    order = sorted({n.instrument for n in notes})
+    midi = write_midi(notes, order=order, grid=Grid(), bpm=bpm, length=bars * 32)
+    return Piece(ids=[], notes=notes, instruments=instruments, drums=DRUMS in order, bars=bars,
+                 bpm=bpm, seed=0, midi=midi)
+
+
+def beat(bars: int = 2) -> list[Note]:
+    """Kick and snare on the beats, hi-hat on the eighths: a drums-only part."""
+    notes = []
+    for step in range(0, bars * 32, 4):
+        notes.append(Note(step, 2, DRUMS, HIHAT, 4))
+        if step % 8 == 0:
+            notes.append(Note(step, 4, DRUMS, KICK if step % 16 == 0 else SNARE, 7))
+    return notes
+
+
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+
+
+# --- finding the soundfont ------------------------------------------------------------------
+
+
+def test_an_explicit_soundfont_comes_first(tmp_path, monkeypatch):
+    mine = tmp_path / "mine.sf2"
+    mine.write_bytes(b"sfbk")
+    monkeypatch.setenv("BANGER_SOUNDFONT", str(tmp_path / "other.sf2"))
+    assert find_soundfont(mine) == mine
+    with pytest.raises(BangerError, match="does not exist"):
+        find_soundfont(tmp_path / "missing.sf2")
+
+
+def test_the_environment_variable_comes_next_and_must_exist(tmp_path, monkeypatch):
+    font = tmp_path / "env.sf3"
+    font.write_bytes(b"sfbk")
+    monkeypatch.setenv("BANGER_SOUNDFONT", str(font))
+    assert find_soundfont(data_dir=tmp_path) == font
+    monkeypatch.setenv("BANGER_SOUNDFONT", str(tmp_path / "gone.sf2"))
+    with pytest.raises(BangerError, match="BANGER_SOUNDFONT") as error:
+        find_soundfont(data_dir=tmp_path)
+    assert not isinstance(error.value, AudioUnavailable)  # a mistake to fix, not a missing extra
+
+
+def test_the_user_data_folder_comes_before_the_system(tmp_path, monkeypatch):
+    monkeypatch.delenv("BANGER_SOUNDFONT", raising=False)
+    (tmp_path / "soundfonts").mkdir()
+    font = tmp_path / "soundfonts" / "a.sf2"
+    font.write_bytes(b"sfbk")
+    assert find_soundfont(data_dir=tmp_path) == font
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def test_drums_are_audible(soundfont):
+    piece = piece_of(beat(), bars=2, bpm=120.0, instruments=[])
+    samples = render(piece.midi, soundfont, end_seconds=piece.seconds)
+    assert samples.dtype == np.float32 and samples.shape[1] == 2
+    assert samples.shape[0] == round((4.0 + TAIL_SECONDS) * SAMPLE_RATE)
+    assert rms(samples) > 1e-3
+    second = SAMPLE_RATE  # each beat half a second: every second of the 2 bars has hits
+    for s in range(4):
+        assert rms(samples[s * second : (s + 1) * second]) > 1e-3
+
+
+def test_melodic_notes_are_audible_and_silence_is_silent(soundfont):
+    chord = [Note(0, 32, 0, pitch, 6) for pitch in (60, 64, 67)]
+    samples = render(piece_of(chord, bars=1, bpm=120.0, instruments=["piano"]).midi, soundfont,
+                     end_seconds=2.0)
+    assert rms(samples[: SAMPLE_RATE]) > 1e-3
+    empty = render(piece_of([], bars=1, bpm=120.0, instruments=[]).midi, soundfont, end_seconds=2.0)
+    assert empty.shape[0] == round(3.5 * SAMPLE_RATE)
+    assert rms(empty) < 1e-4  # only the 16-bit dither of the synthesizer
+
+
+@needs_fluidsynth
+def test_a_file_that_is_not_a_soundfont_is_an_error(tmp_path):
+    bogus = tmp_path / "bogus.sf2"
+    bogus.write_bytes(b"not a soundfont at all")
+    piece = piece_of(beat(1), bars=1, bpm=120.0, instruments=[])
+    with pytest.raises(BangerError, match="cannot load soundfont"):
+        render(piece.midi, bogus, end_seconds=piece.seconds)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "flac"])
+def test_previews_play_for_the_piece_plus_the_tail(soundfont, tmp_path, fmt):
+    import soundfile
+
+    notes = beat(2) + [Note(0, 64, 4, 40, 5), Note(16, 16, 0, 72, 5)]
+    piece = piece_of(notes, bars=2, bpm=150.0, instruments=["bass", "piano"])
+    saved = save_pieces([piece], tmp_path, audio=fmt, soundfont=soundfont)[0]
+    assert saved.audio == tmp_path / f"bass-0-1.{fmt}"
+    info = soundfile.info(str(saved.audio))
+    assert info.samplerate == SAMPLE_RATE and info.channels == 2
+    expected = 2 * 4 * 60 / 150.0 + TAIL_SECONDS
+    assert info.duration == pytest.approx(expected, abs=0.06 if fmt == "mp3" else 1e-4)
+    samples, _ = soundfile.read(str(saved.audio), dtype="float32")
+    assert rms(samples) > 1e-3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"bass-0-1.{fmt}", "bass-0-1.mid"])
+
+
+def test_an_unknown_audio_format_is_refused_and_leaves_nothing(tmp_path):
+    with pytest.raises(BangerError, match="unknown audio format"):
+        write_audio(np.zeros((10, 2), dtype=np.float32), tmp_path / "a.ogg", fmt="ogg")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("missing", ["soundfont", "library"])
+def test_without_audio_support_the_midi_is_written_with_one_warning(tmp_path, monkeypatch,
+                                                                   missing):
+    def unavailable(*args, **kwargs):
+        raise AudioUnavailable(f"no {missing}", hint="install it")
+
+    monkeypatch.setattr(audio_module, "find_soundfont" if missing == "soundfont" else "_fluidsynth",
+                        unavailable)
+    warnings: list[str] = []
+    piece = piece_of(beat(1), bars=1, bpm=120.0, instruments=[])
+    saved = save_pieces([piece], tmp_path, audio="mp3", warn=warnings.append)[0]
+    assert saved.midi.is_file() and saved.audio is None
+    assert warnings == [f"no audio preview: no {missing} (install it)"]
+    assert [p.name for p in tmp_path.iterdir()] == ["drums-0-1.mid"]
+
+
+@needs_fluidsynth
+def test_a_broken_soundfont_setting_is_an_error_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("BANGER_SOUNDFONT", str(tmp_path / "missing.sf2"))
+    piece = piece_of(beat(1), bars=1, bpm=120.0, instruments=[])
+    with pytest.raises(BangerError, match="BANGER_SOUNDFONT"):
+        save_pieces([piece], tmp_path / "out", audio="wav")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -1,0 +1,177 @@
+"""The cached decoder against the x-transformers forward pass it re-implements: the same
+logits for prefill and for every step, with left padding, with layer-norm gains that are
+not all ones (so folding them into the projections is really exercised)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bangercli.fastdecode import FastDecoder, UnsupportedModel
+from bangercli.model import PRESETS, build_model
+
+CONFIG = PRESETS["tiny"]
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny model is overhead-bound, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def perturbed_model(*, seed: int = 0, unit_offset: bool = False) -> torch.nn.Module:
+    """A tiny random model whose layer-norm gains and feed-forward biases are far from
+    their initial values (ones and zeros), so a decoder that ignored them would fail."""
+    torch.manual_seed(seed)
+    model = build_model(CONFIG).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("gamma") or name.endswith("bias"):
+                noise = torch.randn(parameter.shape, generator=generator)
+                parameter.copy_((1.0 if name.endswith("gamma") else 0.0) + 0.5 * noise)
+    if unit_offset:  # x-transformers then multiplies by gamma + 1
+        for module in model.modules():
+            if hasattr(module, "unit_offset"):
+                module.unit_offset = True
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return perturbed_model()
+
+
+def reference_logits(model, ids: list[int]) -> torch.Tensor:
+    """Next-token logits of the plain forward pass over the whole sequence."""
+    with torch.inference_mode():
+        return model(torch.tensor([ids]))[0, -1].float()
+
+
+def random_ids(length: int, *, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1, CONFIG.vocab_size, (length,), generator=generator).tolist()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    difference = (actual - expected).abs().max().item()
+    assert difference <= TOLERANCE, f"max |difference| {difference:.2e} > {TOLERANCE}"
+
+
+def test_perturbation_changes_the_logits(model):
+    """The perturbed gains matter: with them reset, the logits move far beyond the tolerance."""
+    ids = random_ids(20, seed=1)
+    plain = build_model(CONFIG).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name, parameter in plain.named_parameters():
+            if name.endswith("gamma"):
+                parameter.fill_(1.0)
+    assert (reference_logits(plain, ids) - reference_logits(model, ids)).abs().max() > 100 * TOLERANCE
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["gain", "gain+1"])
+def any_norm_model(request) -> torch.nn.Module:
+    """Layer norms that multiply by gamma, and (x-transformers' unit_offset) by gamma + 1."""
+    return perturbed_model(seed=3, unit_offset=request.param)
+
+
+def test_prefill_and_steps_match_the_forward_pass(any_norm_model):
+    model = any_norm_model
+    ids = random_ids(48, seed=2)
+    decoder = FastDecoder(model, CONFIG)
+    prompt = 30
+    logits = decoder.prefill(torch.tensor([ids[:prompt]]), torch.ones(1, prompt, dtype=torch.bool),
+                             len(ids))
+    assert logits.shape == (1, CONFIG.vocab_size)
+    assert_close(logits[0], reference_logits(model, ids[:prompt]))
+    for t in range(prompt, len(ids)):
+        logits = decoder.step(torch.tensor([ids[t]]))
+        assert_close(logits[0], reference_logits(model, ids[: t + 1]))
+    assert decoder.length == len(ids)
+
+
+def test_left_padded_rows_equal_each_sequence_run_alone(model):
+    """Three prompts of different lengths in one batch: every row's logits, at prefill and at
+    each following step, equal those of its own unpadded sequence (rotary positions are relative)."""
+    lengths = [25, 9, 17]
+    prompts = [random_ids(n, seed=10 + i) for i, n in enumerate(lengths)]
+    continuations = [random_ids(12, seed=20 + i) for i in range(len(lengths))]
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    valid = torch.zeros(len(lengths), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        valid[row, width - len(prompt):] = True
+    # Garbage under the pads: it must be masked out, not merely zero.
+    ids[~valid] = torch.tensor(random_ids(int((~valid).sum()), seed=99))
+
+    decoder = FastDecoder(model, CONFIG)
+    logits = decoder.prefill(ids, valid, width + 12)
+    for row, prompt in enumerate(prompts):
+        assert_close(logits[row], reference_logits(model, prompt))
+    for t in range(12):
+        logits = decoder.step(torch.tensor([c[t] for c in continuations]))
+        for row, prompt in enumerate(prompts):
+            assert_close(logits[row], reference_logits(model, prompt + continuations[row][: t + 1]))
+
+
+def test_prefill_past_the_training_window_matches(model):
+    """Rotary positions let the decoder run beyond seq_len, like the forward pass does."""
+    ids = random_ids(CONFIG.seq_len + 20, seed=4)
+    decoder = FastDecoder(model, CONFIG)
+    logits = decoder.prefill(torch.tensor([ids[:-5]]), torch.ones(1, len(ids) - 5, dtype=torch.bool),
+                             len(ids))
+    assert_close(logits[0], reference_logits(model, ids[:-5]))
+    for t in range(len(ids) - 5, len(ids)):
+        logits = decoder.step(torch.tensor([ids[t]]))
+    assert_close(logits[0], reference_logits(model, ids))
+
+
+def test_cached_greedy_decoding_equals_uncached(model):
+    """Greedy continuation of two prompts of different lengths, batched and cached, equals the
+    plain forward pass re-run on the growing sequence, token for token."""
+    prompts = [random_ids(7, seed=5), random_ids(15, seed=6)]
+    steps = 30
+    expected = []
+    for prompt in prompts:
+        sequence = list(prompt)
+        for _ in range(steps):
+            sequence.append(int(reference_logits(model, sequence).argmax()))
+        expected.append(sequence[len(prompt):])
+
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    valid = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        valid[row, width - len(prompt):] = True
+    decoder = FastDecoder(model, CONFIG)
+    logits = decoder.prefill(ids, valid, width + steps)
+    produced = [[] for _ in prompts]
+    for _ in range(steps):
+        token = logits.argmax(dim=-1)
+        for row, value in enumerate(token.tolist()):
+            produced[row].append(value)
+        logits = decoder.step(token)
+    assert produced == expected
+    assert len(set(expected[0])) > 1  # not a degenerate constant sequence
+
+
+def test_full_cache_refuses_another_step(model):
+    decoder = FastDecoder(model, CONFIG)
+    decoder.prefill(torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.bool), 4)
+    decoder.step(torch.tensor([5]))
+    with pytest.raises(RuntimeError, match="cache is full"):
+        decoder.step(torch.tensor([6]))
+
+
+def test_refuses_weights_of_another_layout(model):
+    other = build_model(CONFIG)
+    other.extra = torch.nn.Linear(2, 2)  # one more tensor than the decoder knows about
+    with pytest.raises(UnsupportedModel):
+        FastDecoder(other, CONFIG)

@@ -1,0 +1,300 @@
+"""`generate(banger, request)`, the Python API: seeded determinism, pieces that end exactly
+on the bar line, prompts kept verbatim, --tokens and variants, generation past the model's
+window, and cached sampling that equals a plain greedy loop over the forward pass."""
+
+from __future__ import annotations
+
+import io
+
+import mido
+import pytest
+import torch
+
+import bangercli.generate as generate_module
+from bangercli.errors import UsageError
+from bangercli.generate import Piece, Request, generate
+from bangercli.instruments import DRUMS
+from bangercli.model import PRESETS, Banger, build_model
+from bangercli.sampling import EXPECT_TIME, HEADER, Grammar, Sampling
+from bangercli.tokenizer import Tokenizer
+from midi_fixtures import band, save
+
+CONFIG = PRESETS["tiny"]
+STEPS_PER_BAR = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny model is overhead-bound, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def banger() -> Banger:
+    torch.manual_seed(0)
+    return Banger(build_model(CONFIG), Tokenizer(), CONFIG)
+
+
+def midi_bytes(piece: Piece) -> bytes:
+    buffer = io.BytesIO()
+    piece.midi.save(file=buffer)
+    return buffer.getvalue()
+
+
+def bar_seconds(bpm: float) -> float:
+    """One 4/4 bar at the tempo a MIDI file can store (whole microseconds per beat)."""
+    return 4 * mido.bpm2tempo(bpm) / 1e6
+
+
+def assert_grammatical(banger: Banger, piece: Piece) -> None:
+    assert banger.tokenizer.decode_score(piece.ids).invalid_tokens == 0
+
+
+# --- determinism ----------------------------------------------------------------------------
+
+
+def test_same_seed_same_pieces_other_seed_other_pieces(banger):
+    request = Request(instruments=("piano", "bass"), drums=True, bars=6, variants=2, seed=7)
+    first, again = generate(banger, request), generate(banger, request)
+    assert [p.ids for p in first] == [p.ids for p in again]
+    assert [midi_bytes(p) for p in first] == [midi_bytes(p) for p in again]
+    assert first[0].ids != first[1].ids  # the variants of one batch differ
+    other = generate(banger, Request(instruments=("piano", "bass"), drums=True, bars=6,
+                                     variants=2, seed=8))
+    assert [p.ids for p in other] != [p.ids for p in first]
+    assert [midi_bytes(p) for p in other] != [midi_bytes(p) for p in first]
+    assert all(p.seed == 7 for p in first)
+
+
+def test_a_loaded_model_gives_the_same_pieces_as_a_fresh_one(banger):
+    """The cached decoder built on the first call is reused, and reuse changes nothing."""
+    torch.manual_seed(0)
+    fresh = Banger(build_model(CONFIG), Tokenizer(), CONFIG)
+    request = Request(drums=False, bars=5, seed=3)
+    assert generate(fresh, request)[0].ids == generate(banger, request)[0].ids
+
+
+# --- length ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bars, bpm", [(1, 120.0), (3, 97.0), (8, 140.0)])
+def test_pieces_end_exactly_on_the_bar_line(banger, bars, bpm):
+    limit = bars * STEPS_PER_BAR
+    notes = 0
+    for seed in range(4):
+        for piece in generate(banger, Request(bars=bars, bpm=bpm, variants=2, seed=seed)):
+            assert_grammatical(banger, piece)
+            assert piece.bars == bars and piece.bpm == bpm
+            assert all(n.start < limit and n.start + n.duration <= limit for n in piece.notes)
+            expected = bars * bar_seconds(bpm)
+            assert piece.seconds == pytest.approx(bars * 4 * 60 / bpm, abs=1e-9)
+            assert abs(piece.midi.length - expected) < 1e-6
+            written = mido.MidiFile(file=io.BytesIO(midi_bytes(piece)))
+            assert abs(written.length - expected) < 1e-6
+            conductor_end = sum(m.time for m in written.tracks[0])
+            assert conductor_end == bars * 4 * written.ticks_per_beat  # end_of_track on the bar line
+            notes += len(piece.notes)
+    assert notes > 0
+
+
+def test_notes_ringing_past_the_end_are_cut_on_the_bar_line(banger, monkeypatch):
+    """A model that always asks for the longest, earliest notes: every note still ends by
+    the last bar line, and the file is still exactly that long."""
+    tokenizer = banger.tokenizer
+    favourites = {tokenizer.time_token(40): 30.0, tokenizer.durvel_token(128, 5): 30.0}
+    monkeypatch.setattr(generate_module, "fast_decoder", lambda _: EagerDecoder(favourites))
+    piece = generate(banger, Request(instruments=("organ",), drums=False, bars=2, seed=0))[0]
+    assert [(n.start, n.duration) for n in piece.notes] == [(40, 24)]
+    assert abs(piece.midi.length - 2 * bar_seconds(120.0)) < 1e-6
+
+
+def test_a_model_stuck_on_one_onset_still_finishes(banger, monkeypatch):
+    """A model that only ever wants another note at the same onset (greedy decoding can get
+    stuck like this): after a full chord, time is made to move on, so --bars ends."""
+    tokenizer = banger.tokenizer
+    favourites = {tokenizer.time_token(0): 30.0, tokenizer.durvel_token(8, 4): 30.0}
+    monkeypatch.setattr(generate_module, "fast_decoder", lambda _: EagerDecoder(favourites))
+    piece = generate(banger, Request(instruments=("piano",), only=True, drums=False, bars=2,
+                                     seed=0, sampling=Sampling(top_k=1)))[0]
+    assert_grammatical(banger, piece)
+    chord = 3 * generate_module.MAX_CHORD  # TIME(0) DURVEL NOTE, again and again
+    body = piece.ids[3:]  # after START, DRUMS_OFF, INSTRUMENT(piano)
+    assert body[:chord:3] == [tokenizer.time_token(0)] * generate_module.MAX_CHORD
+    assert tokenizer.kind(body[chord]) == "time" and body[chord] != tokenizer.time_token(0)
+
+
+# --- prompts --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    return save(band(5, bars=4, drums=True, bpm=100.0), tmp_path_factory.mktemp("prompt") / "band.mid")
+
+
+@pytest.mark.parametrize("kept_bars", [1, 2])
+def test_the_prompt_is_kept_verbatim_and_nothing_new_starts_inside_it(banger, prompt_file,
+                                                                      kept_bars):
+    start = kept_bars * STEPS_PER_BAR
+    prompt_notes = [n for n in banger.tokenizer.read(prompt_file).notes if n.start < start]
+    assert max(n.start for n in prompt_notes) < start - 1  # generation starts mid-bar
+    for seed in range(3):
+        request = Request(prompt=prompt_file, prompt_bars=kept_bars, bars=2, variants=2, seed=seed)
+        for piece in generate(banger, request):
+            assert_grammatical(banger, piece)
+            assert piece.bpm == 100.0 and piece.bars == kept_bars + 2
+            assert [n for n in piece.notes if n.start < start] == prompt_notes
+            reread = banger.tokenizer.read(midi_bytes(piece)).notes
+            assert [n for n in reread if n.start < start] == prompt_notes
+            assert abs(piece.midi.length - (kept_bars + 2) * bar_seconds(100.0)) < 1e-6
+
+
+def test_an_eager_model_cannot_start_a_note_inside_the_prompt(banger, prompt_file, monkeypatch):
+    """A model that always wants the next note one step later: right after a prompt whose
+    last kept note is 4 steps before the bar line, the first new note still waits for it."""
+    tokenizer = banger.tokenizer
+    favourites = {tokenizer.time_token(1): 30.0, tokenizer.time_token(4): 10.0,
+                  tokenizer.durvel_token(2, 4): 30.0}
+    monkeypatch.setattr(generate_module, "fast_decoder", lambda _: EagerDecoder(favourites))
+    prompt_notes = [n for n in tokenizer.read(prompt_file).notes if n.start < STEPS_PER_BAR]
+    for piece in generate(banger, Request(prompt=prompt_file, prompt_bars=1, bars=1, seed=0,
+                                          variants=2)):
+        assert_grammatical(banger, piece)
+        new = [n for n in piece.notes if n not in prompt_notes]
+        assert new and min(n.start for n in new) == STEPS_PER_BAR
+        assert [n for n in piece.notes if n.start < STEPS_PER_BAR] == prompt_notes
+
+
+def test_a_prompt_with_drums_off_drops_its_drums(banger, prompt_file):
+    piece = generate(banger, Request(prompt=prompt_file, prompt_bars=1, drums=False, bars=1))[0]
+    assert not piece.drums and all(n.instrument != DRUMS.index for n in piece.notes)
+    assert piece.ids[1] == Tokenizer.DRUMS_OFF
+
+
+# --- --tokens, variants, long generations ---------------------------------------------------
+
+
+def test_tokens_mode_writes_that_many_tokens_and_ends_on_a_bar_line(banger):
+    pieces = generate(banger, Request(drums=True, instruments=("guitar",), bars=None, tokens=50,
+                                      variants=3, seed=4))
+    assert len(pieces) == 3
+    for piece in pieces:
+        assert_grammatical(banger, piece)
+        generated = len(piece.ids) - 3  # START, DRUMS_ON, INSTRUMENT(guitar)
+        assert generated in (50, 51)  # one more only to finish a note cut short
+        last = max(n.start for n in piece.notes)
+        assert piece.bars == last // STEPS_PER_BAR + 1
+        assert abs(piece.midi.length - piece.bars * bar_seconds(120.0)) < 1e-6
+
+
+def test_tokens_past_the_window_rebuild_the_context_and_stay_grammatical(banger):
+    pieces = generate(banger, Request(bars=None, tokens=400, variants=2, seed=2))
+    for piece in pieces:
+        assert len(piece.ids) - 2 in (400, 401)  # after START and the drums flag the model chose
+        assert_grammatical(banger, piece)
+        assert len(piece.notes) >= 100
+    assert pieces[0].ids != pieces[1].ids
+
+
+def test_many_bars_past_the_window_stay_grammatical_and_exact(banger):
+    bars = 300
+    pieces = generate(banger, Request(instruments=("piano",), drums=True, bars=bars, variants=2,
+                                      seed=1))
+    assert max(len(p.ids) for p in pieces) > CONFIG.seq_len  # the context was rebuilt
+    for piece in pieces:
+        assert_grammatical(banger, piece)
+        assert all(n.start + n.duration <= bars * STEPS_PER_BAR for n in piece.notes)
+        assert abs(piece.midi.length - bars * bar_seconds(120.0)) < 1e-6
+
+
+# --- cached sampling equals the plain forward pass ------------------------------------------
+
+
+def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
+    """With a vanishing temperature, `generate` (cached, batched, masked) must pick the
+    argmax of the plain forward pass over the growing sequence under the same grammar."""
+    request = Request(instruments=("piano", "bass"), drums=True, bars=None, tokens=70, seed=0,
+                      sampling=Sampling(temperature=1e-6, top_p=1.0))
+    piece = generate(banger, request)[0]
+    tokenizer = banger.tokenizer
+    header = [Tokenizer.START, Tokenizer.DRUMS_ON, tokenizer.instrument_token(0),
+              tokenizer.instrument_token(4)]
+    assert piece.ids[:4] == header
+    grammar = Grammar(tokenizer, drums=True)
+    row = list(header)
+    while len(row) < len(piece.ids):
+        phase, _ = grammar.scan(row)
+        phase = EXPECT_TIME if phase == HEADER else phase
+        logits = banger.logits(row)[-1].masked_fill(~grammar.masks[phase], float("-inf"))
+        row.append(int(logits.argmax()))
+    assert row == piece.ids
+    assert len(set(row[4:])) > 10
+
+
+# --- requests that cannot work ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_, message", [
+    (Request(instruments=("kazoo",)), "unknown instrument"),
+    (Request(bars=0), "--bars"),
+    (Request(bars=-2), "--bars"),
+    (Request(bars=None, tokens=0), "--tokens"),
+    (Request(bars=None), "--bars or --tokens"),
+    (Request(variants=0), "--variants"),
+    (Request(sampling=Sampling(temperature=0.0)), "--temperature"),
+    (Request(sampling=Sampling(temperature=float("nan"))), "--temperature"),
+    (Request(sampling=Sampling(top_p=0.0)), "--top-p"),
+    (Request(sampling=Sampling(top_p=1.5)), "--top-p"),
+    (Request(sampling=Sampling(top_k=-1)), "--top-k"),
+    (Request(bpm=0.0), "--bpm"),
+    (Request(prompt_bars=0), "--prompt-bars"),
+    (Request(only=True), "--only"),
+    (Request(instruments=("drums",), only=True, drums=False), "nothing to play"),
+    (Request(seed=-1), "--seed"),
+    (Request(seed=2**64), "--seed"),
+])
+def test_impossible_requests_are_usage_errors(banger, request_, message):
+    with pytest.raises(UsageError, match=message.replace("-", r"\-")):
+        generate(banger, request_)
+
+
+def test_unreadable_and_empty_prompts_are_clear_errors(banger, tmp_path):
+    from bangercli.errors import BangerError
+
+    corrupt = tmp_path / "corrupt.mid"
+    corrupt.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\x00\x00\x10\x00\x00\x90")
+    with pytest.raises(BangerError, match="truncated"):
+        generate(banger, Request(prompt=corrupt))
+    with pytest.raises(BangerError, match="no such file"):
+        generate(banger, Request(prompt=tmp_path / "missing.mid"))
+    empty = save(mido.MidiFile(tracks=[mido.MidiTrack()]), tmp_path / "empty.mid")
+    with pytest.raises(UsageError, match="no notes"):
+        generate(banger, Request(prompt=empty))
+
+
+# --- a stand-in for the cached decoder ------------------------------------------------------
+
+
+class EagerDecoder:
+    """Quacks like `FastDecoder` but always returns the same logits: zeros except for
+    `favourites`. An adversarial model that the masks must keep in line."""
+
+    def __init__(self, favourites: dict[int, float]) -> None:
+        self.logits = torch.zeros(Tokenizer().vocab_size)
+        for token, value in favourites.items():
+            self.logits[token] = value
+        self.length = 0
+        self.calls = 0
+
+    def prefill(self, ids: torch.Tensor, valid: torch.Tensor, capacity: int) -> torch.Tensor:
+        self.length = ids.shape[1]
+        return self.logits.expand(ids.shape[0], -1).clone()
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        self.length += 1
+        self.calls += 1
+        if self.calls > 20_000:
+            raise AssertionError("generation does not end")
+        return self.logits.expand(token.shape[0], -1).clone()

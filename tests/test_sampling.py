@@ -1,0 +1,199 @@
+"""Sampling and the grammar masks: top-k, top-p and masks on made-up logits, then the
+guarantees that matter to a musician, checked on an untrained model over many seeds (an
+untrained model is the hardest case: it would break every rule if the masks let it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bangercli.generate import Request, generate
+from bangercli.instruments import DRUMS, instrument_named
+from bangercli.model import PRESETS, Banger, build_model
+from bangercli.sampling import (
+    AFTER_DURVEL,
+    AFTER_LONG_TIME,
+    AFTER_TIME,
+    EXPECT_TIME,
+    HEADER,
+    Grammar,
+    Sampling,
+    sample,
+)
+from bangercli.tokenizer import Tokenizer
+
+TOKENIZER = Tokenizer()
+VOCAB = TOKENIZER.vocab_size
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny model is overhead-bound, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def banger() -> Banger:
+    torch.manual_seed(0)
+    return Banger(build_model(PRESETS["tiny"]), Tokenizer(), PRESETS["tiny"])
+
+
+def random_logits(rows: int, *, seed: int) -> torch.Tensor:
+    return 3.0 * torch.randn(rows, VOCAB, generator=torch.Generator().manual_seed(seed))
+
+
+# --- sample() on made-up logits ------------------------------------------------------------
+
+
+def test_top_k_1_is_argmax_among_allowed():
+    logits = random_logits(64, seed=1)
+    allowed = torch.rand(64, VOCAB, generator=torch.Generator().manual_seed(2)) < 0.3
+    expected = logits.masked_fill(~allowed, float("-inf")).argmax(dim=-1)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        chosen = sample(logits, allowed, Sampling(temperature=1.5, top_p=1.0, top_k=1), generator)
+        assert torch.equal(chosen, expected)
+
+
+def test_tiny_top_p_keeps_only_the_best_token():
+    logits = random_logits(64, seed=4)
+    allowed = torch.ones(64, VOCAB, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        chosen = sample(logits, allowed, Sampling(temperature=1.0, top_p=1e-6), generator)
+        assert torch.equal(chosen, logits.argmax(dim=-1))
+
+
+def test_top_p_keeps_the_nucleus_and_nothing_else():
+    """Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.75 keeps the first two (0.5 < 0.75 <= 0.8)."""
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    allowed = torch.ones_like(logits, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(6)
+    seen = {int(sample(logits, allowed, Sampling(top_p=0.75), generator)) for _ in range(300)}
+    assert seen == {0, 1}
+    seen = {int(sample(logits, allowed, Sampling(top_p=1.0), generator)) for _ in range(300)}
+    assert seen == {0, 1, 2, 3}
+
+
+def test_masked_tokens_are_never_sampled():
+    """Even when the masked-out tokens are by far the likeliest, at a high temperature."""
+    logits = random_logits(32, seed=7)
+    allowed = torch.zeros(32, VOCAB, dtype=torch.bool)
+    allowed[:, 100:110] = True
+    logits[:, :100] += 50.0
+    generator = torch.Generator().manual_seed(8)
+    for options in (Sampling(temperature=5.0, top_p=1.0), Sampling(), Sampling(top_k=20)):
+        for _ in range(20):
+            chosen = sample(logits, allowed, options, generator)
+            assert bool(allowed.gather(1, chosen[:, None]).all())
+
+
+def test_zero_temperature_is_greedy():
+    logits = random_logits(8, seed=9)
+    allowed = torch.ones(8, VOCAB, dtype=torch.bool)
+    chosen = sample(logits, allowed, Sampling(temperature=0.0), torch.Generator())
+    assert torch.equal(chosen, logits.argmax(dim=-1))
+
+
+def test_same_generator_seed_same_samples():
+    logits = random_logits(16, seed=10)
+    allowed = torch.ones(16, VOCAB, dtype=torch.bool)
+    first = sample(logits, allowed, Sampling(), torch.Generator().manual_seed(11))
+    again = sample(logits, allowed, Sampling(), torch.Generator().manual_seed(11))
+    other = sample(logits, allowed, Sampling(), torch.Generator().manual_seed(12))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+# --- the grammar --------------------------------------------------------------------------
+
+
+def kinds_allowed(mask: torch.Tensor) -> set[str]:
+    return {TOKENIZER.kind(t) for t in mask.nonzero().flatten().tolist()}
+
+
+def test_grammar_phases_allow_exactly_the_next_kinds():
+    grammar = Grammar(TOKENIZER)
+    assert kinds_allowed(grammar.masks[EXPECT_TIME]) == {"time"}
+    assert kinds_allowed(grammar.masks[AFTER_LONG_TIME]) == {"time", "durvel"}
+    assert kinds_allowed(grammar.masks[AFTER_TIME]) == {"durvel"}
+    assert kinds_allowed(grammar.masks[AFTER_DURVEL]) == {"note"}
+    assert kinds_allowed(grammar.masks[HEADER]) == {"instrument", "time"}
+    assert int(grammar.masks[AFTER_DURVEL].sum()) == 12 * 128
+
+
+def test_grammar_masks_follow_the_request():
+    piano, bass = instrument_named("piano").index, instrument_named("bass").index
+    grammar = Grammar(TOKENIZER, allowed_instruments={piano, bass}, drums=False)
+    notes = grammar.masks[AFTER_DURVEL].nonzero().flatten().tolist()
+    assert {(t - TOKENIZER.note_offset) // 128 for t in notes} == {piano, bass}
+    header = grammar.masks[HEADER] & (grammar.kind == 1)
+    assert header.nonzero().flatten().tolist() == [TOKENIZER.instrument_token(piano),
+                                                   TOKENIZER.instrument_token(bass)]
+    no_drums = Grammar(TOKENIZER, drums=False).masks[AFTER_DURVEL]
+    assert not bool(no_drums[TOKENIZER.note_token(DRUMS.index, 0):][:128].any())
+    assert int(no_drums.sum()) == 11 * 128
+
+
+def test_advance_and_scan_agree_on_phase_and_time():
+    grammar = Grammar(TOKENIZER)
+    long, short = TOKENIZER.time_token(255), TOKENIZER.time_token(10)
+    durvel, note = TOKENIZER.durvel_token(4, 3), TOKENIZER.note_token(0, 60)
+    ids = [Tokenizer.START, Tokenizer.DRUMS_ON, long, long, short, durvel, note, short]
+    phase, time = torch.tensor([HEADER]), torch.tensor([0])
+    for i, token in enumerate(ids):
+        phase, time = grammar.advance(phase, time, torch.tensor([token]))
+        assert grammar.scan(ids[: i + 1]) == (int(phase), int(time))
+    assert grammar.scan(ids) == (AFTER_TIME, 255 + 255 + 10 + 10)
+    assert grammar.scan(ids[:3]) == (AFTER_LONG_TIME, 255)
+
+
+# --- the guarantees, on an untrained model -------------------------------------------------
+
+SEEDS = range(20)
+
+
+def decoded(banger: Banger, piece):
+    score = banger.tokenizer.decode_score(piece.ids)
+    assert score.invalid_tokens == 0, f"seed {piece.seed}: {score.invalid_tokens} invalid tokens"
+    return score
+
+
+def test_no_drums_means_no_drum_notes(banger):
+    notes = 0
+    for seed in SEEDS:
+        for piece in generate(banger, Request(drums=False, bars=None, tokens=45, variants=2,
+                                              seed=seed)):
+            score = decoded(banger, piece)
+            assert all(n.instrument != DRUMS.index for n in score.notes), f"seed {seed}"
+            assert piece.ids[1] == Tokenizer.DRUMS_OFF and not piece.drums
+            notes += len(score.notes)
+    assert notes > 200  # the check saw plenty of notes
+
+
+def test_only_means_only_the_listed_instruments(banger):
+    allowed = {instrument_named("bass").index, instrument_named("strings").index, DRUMS.index}
+    notes = 0
+    for seed in SEEDS:
+        request = Request(instruments=("bass", "strings"), only=True, drums=True, bars=None,
+                          tokens=45, variants=2, seed=seed)
+        for piece in generate(banger, request):
+            score = decoded(banger, piece)
+            assert {n.instrument for n in score.notes} <= allowed, f"seed {seed}"
+            assert set(piece.instruments) <= {"bass", "strings"}
+            notes += len(score.notes)
+    assert notes > 200
+
+
+def test_the_model_choosing_everything_stays_grammatical(banger):
+    """No instruments, drums unset: the model writes the header too, and still every
+    sequence decodes without a single invalid token."""
+    for seed in range(8):
+        for piece in generate(banger, Request(bars=3, variants=2, seed=seed)):
+            decoded(banger, piece)
+            assert piece.ids[0] == Tokenizer.START
+            assert piece.ids[1] in (Tokenizer.DRUMS_ON, Tokenizer.DRUMS_OFF)

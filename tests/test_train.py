@@ -1,0 +1,265 @@
+"""Training: windows and augmentation, learning a small corpus, exact resume, errors, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bangercli.checkpoint import load_model, read_checkpoint
+from bangercli.errors import BangerError, DataError, OutputExistsError
+from bangercli.instruments import DRUMS
+from bangercli.model import model_config
+from bangercli.preprocess import PreprocessOptions, preprocess
+from bangercli.score import Note, Score
+from bangercli.shards import Shards
+from bangercli.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.train import TrainConfig, TrainingInterrupted, train
+from bangercli.windows import WindowSampler, header_length, note_starts, transpose_notes
+
+
+def make_corpus(folder: Path, *, pieces: int = 16, config: TokenizerConfig = TokenizerConfig()) -> Path:
+    """A data directory of small, very regular pieces: arpeggios over a bass, half with drums."""
+    tokenizer = Tokenizer(config)
+    midi = folder / "midi"
+    midi.mkdir(parents=True, exist_ok=True)
+    for p in range(pieces):
+        root = 48 + p % 12
+        notes = [Note(4 * i, 4, 0, root + (0, 4, 7, 12)[i % 4], 5) for i in range(96)]
+        notes += [Note(16 * i, 16, 4, root - 12 + p // 12, 4) for i in range(24)]
+        if p % 2:
+            notes += [Note(8 * i, 1, DRUMS.index, (36, 38)[i % 2], 6) for i in range(48)]
+        tokenizer.to_midi(Score(notes=notes)).save(midi / f"piece{p:02d}.mid")
+    options = PreprocessOptions(val_fraction=0.25, require_instruments=False)
+    return preprocess([midi], folder / "data", options=options, config=config, workers=1).out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: two spinning threads on a busy 2-core machine are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides):
+    return model_config("tiny", **{"seq_len": 32, **overrides})
+
+
+def quick(**overrides) -> TrainConfig:
+    values = dict(batch_size=4, max_steps=6, epochs=1000, lr=3e-3, warmup_steps=2, val_every=3,
+                  val_windows=8, save_every=3, log_every=1, transpose=False, device="cpu")
+    return TrainConfig(**{**values, **overrides})
+
+
+# --- windows ---------------------------------------------------------------------------
+
+
+def test_every_window_is_header_then_a_crop_from_a_note_boundary(corpus):
+    shards, tokenizer = Shards(corpus, "train"), Tokenizer()
+    sampler = WindowSampler(shards, tokenizer, seq_len=48, seed=1, transpose=False)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        index = int(rng.integers(len(shards)))
+        piece = np.asarray(shards[index], dtype=np.int64)
+        window = sampler.window(index, rng)
+        header = header_length(piece, tokenizer)
+        assert len(window) <= 49 and np.array_equal(window[:header], piece[:header])
+        crop = window[header:]
+        starts = [s for s in note_starts(piece, tokenizer) if np.array_equal(piece[s : s + len(crop)], crop)]
+        assert starts, "the crop must begin on a note boundary of its piece"
+        if len(window) < 49:  # a short window is the one that reaches the piece's END
+            assert window[-1] == Tokenizer.END
+
+
+def test_batches_are_a_pure_function_of_seed_step_and_rank(corpus):
+    shards, tokenizer = Shards(corpus, "train"), Tokenizer()
+
+    def sampler(seed=0, rank=0):
+        return WindowSampler(shards, tokenizer, seq_len=32, seed=seed, rank=rank)
+
+    assert np.array_equal(sampler().batch(5, 8), sampler().batch(5, 8))
+    assert not np.array_equal(sampler().batch(5, 8), sampler().batch(6, 8))
+    assert not np.array_equal(sampler().batch(5, 8), sampler(seed=1).batch(5, 8))
+    assert not np.array_equal(sampler().batch(5, 8), sampler(rank=1).batch(5, 8))
+    long = WindowSampler(shards, tokenizer, seq_len=4000, seed=0).batch(0, 2)
+    assert (long[:, -1] == Tokenizer.PAD).all()  # pieces shorter than the window are padded
+
+
+def test_transposition_moves_melodic_notes_only_and_stays_in_range():
+    tokenizer = Tokenizer()
+    notes = [(0, 0), (0, 127), (0, 3), (4, 60), (DRUMS.index, 36), (DRUMS.index, 127)]
+    row = [Tokenizer.START, Tokenizer.DRUMS_ON, tokenizer.instrument_token(0),
+           tokenizer.time_token(0), tokenizer.durvel_token(2, 3)]
+    row += [tokenizer.note_token(i, p) for i, p in notes]
+    windows = np.array([row, row, row], dtype=np.int64)
+    transpose_notes(windows, np.array([0, 6, -5]), tokenizer)
+    assert np.array_equal(windows[0], row) and np.array_equal(windows[:, :5], [row[:5]] * 3)
+    pitches = [[(t - tokenizer.note_offset) % 128 for t in w[5:]] for w in windows]
+    assert pitches[1] == [6, 121, 9, 66, 36, 127]  # 127 + 6 folds down an octave; drums stay
+    assert pitches[2] == [7, 122, 10, 55, 36, 127]  # 0 - 5 folds up an octave
+
+
+# --- training --------------------------------------------------------------------------
+
+
+def test_tiny_model_learns_the_corpus_in_seconds(corpus, tmp_path):
+    tokens = np.asarray(Shards(corpus, "train").tokens)
+    counts = np.bincount(tokens)
+    p = counts[counts > 0] / counts.sum()
+    unigram = float(-(p * np.log(p)).sum())
+    events = []
+    started = time.perf_counter()
+    result = train(corpus, tmp_path / "run", model_config=tiny(seq_len=64),
+                   config=quick(batch_size=16, max_steps=60, warmup_steps=10, val_every=30,
+                                save_every=60, log_every=10),
+                   callback=events.append)
+    seconds = time.perf_counter() - started
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert losses[-1] < 0.4 * unigram, (losses, unigram)
+    assert result.step == 60 and result.best_val_loss is not None
+    print(f"tiny model: train loss {losses[0]:.2f} -> {losses[-1]:.2f} nats "
+          f"(unigram {unigram:.2f}) in {seconds:.1f} s")
+    run = tmp_path / "run"
+    points = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {p["split"] for p in points} == {"train", "validation"}
+    assert set(points[0]) >= {"step", "epoch", "split", "loss", "accuracy", "tokens_per_s", "lr", "time"}
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    info = load_model(run / "best.safetensors").info
+    assert info["best_val_loss"] == result.best_val_loss and len(info["data_manifest_hash"]) == 16
+
+
+def _weights(path: Path) -> dict:
+    return read_checkpoint(path)[0]
+
+
+def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(corpus, tmp_path):
+    config = quick(max_steps=8, val_every=2, save_every=4, transpose=True, lr=1e-3)
+    train(corpus, tmp_path / "straight", model_config=tiny(dropout=0.1), config=config)
+
+    def interrupt_at_step_3(event):
+        if event["event"] == "train" and event["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(corpus, tmp_path / "broken", model_config=tiny(dropout=0.1), config=config,
+              callback=interrupt_at_step_3)
+    assert caught.value.exit_code == 130
+    assert read_checkpoint(tmp_path / "broken" / "last.safetensors")[1]["training"]["step"] == 3
+    train(corpus, tmp_path / "broken", config=config, resume=True)
+    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "broken" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == list(range(1, 9))  # no step logged twice
+
+
+def test_existing_run_is_refused_without_resume_or_force(corpus, tmp_path):
+    train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=2))
+    with pytest.raises(OutputExistsError, match="already holds a training run"):
+        train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=2))
+    result = train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=3), force=True)
+    assert result.step == 3
+    with pytest.raises(BangerError, match="nothing to resume"):
+        train(corpus, tmp_path / "other", config=quick(), resume=True)
+
+
+def test_bad_data_is_refused_before_any_file_is_written(corpus, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(DataError, match="does not exist"):
+        train(tmp_path / "missing", run, model_config=tiny(), config=quick())
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DataError, match="not made by `banger preprocess`"):
+        train(tmp_path / "plain", run, model_config=tiny(), config=quick())
+    with pytest.raises(DataError, match="larger than the training data"):
+        train(corpus, run, model_config=tiny(seq_len=512), config=quick(batch_size=64))
+    assert not run.exists() or not any(run.iterdir())
+
+
+def test_resume_on_data_with_another_tokenizer_is_refused(corpus, tmp_path):
+    train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=2))
+    other = make_corpus(tmp_path / "other", pieces=6, config=TokenizerConfig(steps_per_quarter=4))
+    with pytest.raises(BangerError, match="tokenizer differs"):
+        train(other, tmp_path / "run", config=quick(max_steps=4), resume=True)
+
+
+def test_cli_train_prints_the_best_checkpoint(corpus, tmp_path):
+    from bangercli.cli import app
+
+    args = ["train", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny", "--seq-len", "32",
+            "--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "run" / "best.safetensors")
+    resumed = CliRunner().invoke(app, args[:4] + ["--max-steps", "4", "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_model(tmp_path / "run" / "last.safetensors").info["step"] == 4
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bangercli", "train", str(tmp_path / "nope"),
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: data directory") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_on_two_cpu_processes(corpus, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "bangercli", "train", str(corpus), "--out", str(run), "--preset", "tiny",
+               "--seq-len", "32", "--batch-size", "4", "--max-steps", "6", "--val-every", "3",
+               "--save-every", "3", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == str(run / "best.safetensors")  # only rank 0 prints
+    info = load_model(run / "last.safetensors").info
+    assert info["step"] == 6 and info["world_size"] == 2
+    points = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [p["step"] for p in points if p["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # written once, by rank 0
+
+
+# --- CUDA (skipped without a GPU) --------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_training_with_bf16_autocast(corpus, tmp_path):
+    result = train(corpus, tmp_path / "run", model_config=tiny(),
+                   config=quick(device="cuda:0", max_steps=20, batch_size=8))
+    assert math.isfinite(result.best_val_loss)
+    assert load_model(result.last, device="cuda").device.type == "cuda"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_data_parallel_over_all_visible_gpus(corpus, tmp_path):
+    from bangercli.runtime import setup_runtime
+
+    runtime = setup_runtime("cuda")
+    assert runtime.gpus == torch.cuda.device_count()
+    result = train(corpus, tmp_path / "run", model_config=tiny(),
+                   config=quick(device="cuda", max_steps=6, batch_size=8))
+    assert result.step == 6
