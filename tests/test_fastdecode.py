@@ -23,21 +23,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def perturbed_model(*, seed: int = 0, unit_offset: bool = False) -> torch.nn.Module:
-    """A tiny random model whose layer-norm gains and feed-forward biases are far from
-    their initial values (ones and zeros), so a decoder that ignored them would fail."""
+def perturbed_model(*, seed: int = 0, unit_offset: bool = True) -> torch.nn.Module:
+    """A tiny random model whose layer-norm gains and feed-forward biases are far from their
+    initial values (gain 1, bias 0), so a decoder that ignored them would fail. With
+    `unit_offset` (x-transformers' default) a norm multiplies by gamma + 1, else by gamma."""
     torch.manual_seed(seed)
     model = build_model(CONFIG).eval()
+    norms = [module for module in model.modules() if hasattr(module, "unit_offset")]
+    assert len(norms) == 2 * CONFIG.depth + 1
+    for module in norms:
+        module.unit_offset = unit_offset
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("gamma") or name.endswith("bias"):
-                noise = torch.randn(parameter.shape, generator=generator)
-                parameter.copy_((1.0 if name.endswith("gamma") else 0.0) + 0.5 * noise)
-    if unit_offset:  # x-transformers then multiplies by gamma + 1
-        for module in model.modules():
-            if hasattr(module, "unit_offset"):
-                module.unit_offset = True
+                centre = 1.0 if name.endswith("gamma") and not unit_offset else 0.0
+                parameter.copy_(centre + 0.5 * torch.randn(parameter.shape, generator=generator))
     return model
 
 
@@ -63,20 +64,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 def test_perturbation_changes_the_logits(model):
-    """The perturbed gains matter: with them reset, the logits move far beyond the tolerance."""
+    """The perturbed gains matter: reset to their initial values, the logits move far
+    beyond the tolerance."""
     ids = random_ids(20, seed=1)
     plain = build_model(CONFIG).eval()
-    plain.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        for name, parameter in plain.named_parameters():
-            if name.endswith("gamma"):
-                parameter.fill_(1.0)
-    assert (reference_logits(plain, ids) - reference_logits(model, ids)).abs().max() > 100 * TOLERANCE
+    initial = plain.state_dict()
+    plain.load_state_dict({name: initial[name] if name.endswith("gamma") else value
+                           for name, value in model.state_dict().items()})
+    moved = (reference_logits(plain, ids) - reference_logits(model, ids)).abs().max()
+    assert moved > 100 * TOLERANCE
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["gain", "gain+1"])
+@pytest.fixture(scope="module", params=[True, False], ids=["gamma+1", "gamma"])
 def any_norm_model(request) -> torch.nn.Module:
-    """Layer norms that multiply by gamma, and (x-transformers' unit_offset) by gamma + 1."""
+    """Layer norms that multiply by gamma + 1 (x-transformers' default), or by gamma."""
     return perturbed_model(seed=3, unit_offset=request.param)
 
 
@@ -96,8 +97,9 @@ def test_prefill_and_steps_match_the_forward_pass(any_norm_model):
 
 
 def test_left_padded_rows_equal_each_sequence_run_alone(model):
-    """Three prompts of different lengths in one batch: every row's logits, at prefill and at
-    each following step, equal those of its own unpadded sequence (rotary positions are relative)."""
+    """Three prompts of different lengths in one batch: every row's logits, at prefill and
+    at each following step, equal those of its own unpadded sequence (rotary positions are
+    relative)."""
     lengths = [25, 9, 17]
     prompts = [random_ids(n, seed=10 + i) for i, n in enumerate(lengths)]
     continuations = [random_ids(12, seed=20 + i) for i in range(len(lengths))]
@@ -124,7 +126,8 @@ def test_prefill_past_the_training_window_matches(model):
     """Rotary positions let the decoder run beyond seq_len, like the forward pass does."""
     ids = random_ids(CONFIG.seq_len + 20, seed=4)
     decoder = FastDecoder(model, CONFIG)
-    logits = decoder.prefill(torch.tensor([ids[:-5]]), torch.ones(1, len(ids) - 5, dtype=torch.bool),
+    prompt = len(ids) - 5
+    logits = decoder.prefill(torch.tensor([ids[:prompt]]), torch.ones(1, prompt, dtype=torch.bool),
                              len(ids))
     assert_close(logits[0], reference_logits(model, ids[:-5]))
     for t in range(len(ids) - 5, len(ids)):

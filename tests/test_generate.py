@@ -5,6 +5,7 @@ window, and cached sampling that equals a plain greedy loop over the forward pas
 from __future__ import annotations
 
 import io
+import re
 
 import mido
 import pytest
@@ -53,23 +54,24 @@ def assert_grammatical(banger: Banger, piece: Piece) -> None:
     assert banger.tokenizer.decode_score(piece.ids).invalid_tokens == 0
 
 
-# --- determinism ----------------------------------------------------------------------------
+# --- determinism -------------------------------------------------------------------------
 
 
 def test_same_seed_same_pieces_other_seed_other_pieces(banger):
-    request = Request(instruments=("piano", "bass"), drums=True, bars=6, variants=2, seed=7)
+    request = Request(instruments=("piano", "bass"), drums=True, bars=16, variants=2, seed=7)
     first, again = generate(banger, request), generate(banger, request)
+    assert all(piece.notes for piece in first)
     assert [p.ids for p in first] == [p.ids for p in again]
     assert [midi_bytes(p) for p in first] == [midi_bytes(p) for p in again]
     assert first[0].ids != first[1].ids  # the variants of one batch differ
-    other = generate(banger, Request(instruments=("piano", "bass"), drums=True, bars=6,
+    other = generate(banger, Request(instruments=("piano", "bass"), drums=True, bars=16,
                                      variants=2, seed=8))
     assert [p.ids for p in other] != [p.ids for p in first]
     assert [midi_bytes(p) for p in other] != [midi_bytes(p) for p in first]
     assert all(p.seed == 7 for p in first)
 
 
-def test_a_loaded_model_gives_the_same_pieces_as_a_fresh_one(banger):
+def test_a_reused_model_gives_the_same_pieces_as_a_fresh_one(banger):
     """The cached decoder built on the first call is reused, and reuse changes nothing."""
     torch.manual_seed(0)
     fresh = Banger(build_model(CONFIG), Tokenizer(), CONFIG)
@@ -77,7 +79,26 @@ def test_a_loaded_model_gives_the_same_pieces_as_a_fresh_one(banger):
     assert generate(fresh, request)[0].ids == generate(banger, request)[0].ids
 
 
-# --- length ---------------------------------------------------------------------------------
+def test_a_saved_and_loaded_model_gives_the_same_pieces(banger, tmp_path):
+    from bangercli.checkpoint import load_model, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "tiny.safetensors", banger.model, config=CONFIG,
+                           tokenizer_config=banger.tokenizer.config)
+    request = Request(instruments=("strings",), bars=6, variants=2, seed=5)
+    loaded = load_model(path)
+    assert [p.ids for p in generate(loaded, request)] == [p.ids for p in generate(banger, request)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_moved_to_the_gpu_still_generates_the_same_pieces(banger):
+    torch.manual_seed(0)
+    on_gpu = Banger(build_model(CONFIG), Tokenizer(), CONFIG).to("cuda")
+    request = Request(bars=None, tokens=200, variants=2, seed=1)
+    assert [p.ids for p in generate(on_gpu, request)] == [p.ids for p in generate(banger, request)]
+
+
+# --- length ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bars, bpm", [(1, 120.0), (3, 97.0), (8, 140.0)])
@@ -95,7 +116,7 @@ def test_pieces_end_exactly_on_the_bar_line(banger, bars, bpm):
             written = mido.MidiFile(file=io.BytesIO(midi_bytes(piece)))
             assert abs(written.length - expected) < 1e-6
             conductor_end = sum(m.time for m in written.tracks[0])
-            assert conductor_end == bars * 4 * written.ticks_per_beat  # end_of_track on the bar line
+            assert conductor_end == bars * 4 * written.ticks_per_beat  # end_of_track: bar line
             notes += len(piece.notes)
     assert notes > 0
 
@@ -126,12 +147,13 @@ def test_a_model_stuck_on_one_onset_still_finishes(banger, monkeypatch):
     assert tokenizer.kind(body[chord]) == "time" and body[chord] != tokenizer.time_token(0)
 
 
-# --- prompts --------------------------------------------------------------------------------
+# --- prompts -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory):
-    return save(band(5, bars=4, drums=True, bpm=100.0), tmp_path_factory.mktemp("prompt") / "band.mid")
+    folder = tmp_path_factory.mktemp("prompt")
+    return save(band(5, bars=4, drums=True, bpm=100.0), folder / "band.mid")
 
 
 @pytest.mark.parametrize("kept_bars", [1, 2])
@@ -173,7 +195,7 @@ def test_a_prompt_with_drums_off_drops_its_drums(banger, prompt_file):
     assert piece.ids[1] == Tokenizer.DRUMS_OFF
 
 
-# --- --tokens, variants, long generations ---------------------------------------------------
+# --- --tokens, variants, long generations ------------------------------------------------
 
 
 def test_tokens_mode_writes_that_many_tokens_and_ends_on_a_bar_line(banger):
@@ -200,16 +222,20 @@ def test_tokens_past_the_window_rebuild_the_context_and_stay_grammatical(banger)
 
 def test_many_bars_past_the_window_stay_grammatical_and_exact(banger):
     bars = 300
-    pieces = generate(banger, Request(instruments=("piano",), drums=True, bars=bars, variants=2,
-                                      seed=1))
+    progress: list[tuple[int, int]] = []
+    request = Request(instruments=("piano",), drums=True, bars=bars, variants=2, seed=1)
+    pieces = generate(banger, request, progress=lambda done, total: progress.append((done, total)))
     assert max(len(p.ids) for p in pieces) > CONFIG.seq_len  # the context was rebuilt
+    assert progress and {total for _, total in progress} == {bars * STEPS_PER_BAR}
+    done = [d for d, _ in progress]
+    assert done == sorted(done) and done[-1] <= bars * STEPS_PER_BAR
     for piece in pieces:
         assert_grammatical(banger, piece)
         assert all(n.start + n.duration <= bars * STEPS_PER_BAR for n in piece.notes)
         assert abs(piece.midi.length - bars * bar_seconds(120.0)) < 1e-6
 
 
-# --- cached sampling equals the plain forward pass ------------------------------------------
+# --- cached sampling equals the plain forward pass ---------------------------------------
 
 
 def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
@@ -233,7 +259,7 @@ def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
     assert len(set(row[4:])) > 10
 
 
-# --- requests that cannot work ---------------------------------------------------------------
+# --- requests that cannot work -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("request_, message", [
@@ -256,7 +282,7 @@ def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
     (Request(seed=2**64), "--seed"),
 ])
 def test_impossible_requests_are_usage_errors(banger, request_, message):
-    with pytest.raises(UsageError, match=message.replace("-", r"\-")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         generate(banger, request_)
 
 
@@ -274,7 +300,7 @@ def test_unreadable_and_empty_prompts_are_clear_errors(banger, tmp_path):
         generate(banger, Request(prompt=empty))
 
 
-# --- a stand-in for the cached decoder ------------------------------------------------------
+# --- a stand-in for the cached decoder ---------------------------------------------------
 
 
 class EagerDecoder:

@@ -72,7 +72,7 @@ def save(pieces, folder, **options):
     return save_pieces(pieces, folder, audio=None, **options)
 
 
-# --- names ------------------------------------------------------------------------------------
+# --- names -------------------------------------------------------------------------------
 
 
 def test_default_names_and_contents(pieces, tmp_path):
@@ -121,7 +121,7 @@ def test_check_template_accepts_the_documented_fields():
     check_template("{lead}-{instruments}-{drums}-{seed}-{n}-{bars}-{bpm}")
 
 
-# --- never clobbering ----------------------------------------------------------------------------
+# --- never clobbering --------------------------------------------------------------------
 
 
 def test_existing_files_are_kept_without_force_and_replaced_with_it(pieces, tmp_path):
@@ -211,7 +211,7 @@ def test_written_files_get_normal_permissions(pieces, tmp_path):
     assert record.midi.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
 
 
-# --- piano rolls ------------------------------------------------------------------------------
+# --- piano rolls -------------------------------------------------------------------------
 
 
 def read_png(path: Path) -> tuple[int, int, bytes]:

@@ -26,7 +26,7 @@ class FastDecoder:
     """Holds fused weights and a KV cache; `prefill` then `step` give next-token logits."""
 
     def __init__(self, model: nn.Module, config: ModelConfig) -> None:
-        state = {k: v.detach().float() for k, v in model.state_dict().items()}
+        state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}  # decodes on CPU
         # x-transformers' LayerNorm multiplies by (gamma + 1) when built with unit_offset
         for name, module in model.named_modules():
             if hasattr(module, "gamma") and getattr(module, "unit_offset", False):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BangerError, OutputExistsError, UsageError
+from .audio import _umask
 from .generate import Piece
 
 TEMPLATE_FIELDS = ("lead", "instruments", "drums", "seed", "n", "bars", "bpm")
@@ -142,9 +143,7 @@ def _commit(path: Path, force: bool, write: Callable[[str], object]) -> Path:
     os.close(handle)
     try:
         write(temporary)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)
+        os.chmod(temporary, 0o666 & ~_umask())
         if force:
             os.replace(temporary, path)
         else:
