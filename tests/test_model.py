@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from bangercli.checkpoint import (
     CHECKPOINT_VERSION, load_checkpoint, load_model, read_checkpoint, save_checkpoint,
 )
 from bangercli.errors import BangerError, UsageError
-from bangercli.model import PRESETS, Banger, ModelConfig, build_model, count_parameters, model_config
+from bangercli.model import (
+    PRESETS, Banger, ModelConfig, build_model, count_parameters, model_config,
+)
 from bangercli.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -78,6 +81,9 @@ def test_save_then_load_gives_identical_logits(tmp_path):
     assert banger.info["step"] == 7 and banger.config == PRESETS["tiny"]
     assert isinstance(banger, bangercli.Banger) and banger.tokenizer.config == TokenizerConfig()
     assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed away
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # like any file the user creates
 
 
 def test_float16_checkpoint_is_smaller_and_loads_as_float32(tmp_path):
@@ -182,3 +188,12 @@ def test_banger_object_describes_itself():
     banger = Banger(model, Tokenizer(), config)
     assert banger.num_parameters == count_parameters(model)
     assert "parameters=" in repr(banger) and banger.device.type == "cpu"
+
+
+def test_per_user_paths_follow_banger_home(banger_home, monkeypatch):
+    from bangercli import paths
+
+    assert paths.user_models_dir() == banger_home / "models"
+    monkeypatch.delenv("BANGER_HOME")
+    assert paths.banger_home().name == "banger"  # platformdirs' user data directory
+    assert paths.package_models_dir().parent.name == "bangercli"

@@ -28,7 +28,9 @@ from bangercli.train import TrainConfig, TrainingInterrupted, train
 from bangercli.windows import WindowSampler, header_length, note_starts, transpose_notes
 
 
-def make_corpus(folder: Path, *, pieces: int = 16, config: TokenizerConfig = TokenizerConfig()) -> Path:
+def make_corpus(
+    folder: Path, *, pieces: int = 16, config: TokenizerConfig = TokenizerConfig()
+) -> Path:
     """A data directory of small, very regular pieces: arpeggios over a bass, half with drums."""
     tokenizer = Tokenizer(config)
     midi = folder / "midi"
@@ -82,7 +84,8 @@ def test_every_window_is_header_then_a_crop_from_a_note_boundary(corpus):
         header = header_length(piece, tokenizer)
         assert len(window) <= 49 and np.array_equal(window[:header], piece[:header])
         crop = window[header:]
-        starts = [s for s in note_starts(piece, tokenizer) if np.array_equal(piece[s : s + len(crop)], crop)]
+        starts = [s for s in note_starts(piece, tokenizer)
+                  if np.array_equal(piece[s : s + len(crop)], crop)]
         assert starts, "the crop must begin on a note boundary of its piece"
         if len(window) < 49:  # a short window is the one that reaches the piece's END
             assert window[-1] == Tokenizer.END
@@ -139,7 +142,8 @@ def test_tiny_model_learns_the_corpus_in_seconds(corpus, tmp_path):
     run = tmp_path / "run"
     points = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {p["split"] for p in points} == {"train", "validation"}
-    assert set(points[0]) >= {"step", "epoch", "split", "loss", "accuracy", "tokens_per_s", "lr", "time"}
+    keys = {"step", "epoch", "split", "loss", "accuracy", "tokens_per_s", "lr", "time"}
+    assert set(points[0]) >= keys
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     info = load_model(run / "best.safetensors").info
     assert info["best_val_loss"] == result.best_val_loss and len(info["data_manifest_hash"]) == 16
@@ -163,12 +167,13 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(corpus, tmp_path):
     assert caught.value.exit_code == 130
     assert read_checkpoint(tmp_path / "broken" / "last.safetensors")[1]["training"]["step"] == 3
     train(corpus, tmp_path / "broken", config=config, resume=True)
-    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "broken" / "last.safetensors")
+    a = _weights(tmp_path / "straight" / "last.safetensors")
+    b = _weights(tmp_path / "broken" / "last.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
-    steps = [json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["split"] == "train"]
+    points = [json.loads(line) for line in (tmp_path / "broken" / "metrics.jsonl").open()]
+    steps = [point["step"] for point in points if point["split"] == "train"]
     assert steps == list(range(1, 9))  # no step logged twice
 
 
@@ -176,7 +181,8 @@ def test_existing_run_is_refused_without_resume_or_force(corpus, tmp_path):
     train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=2))
     with pytest.raises(OutputExistsError, match="already holds a training run"):
         train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=2))
-    result = train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=3), force=True)
+    result = train(corpus, tmp_path / "run", model_config=tiny(), config=quick(max_steps=3),
+                   force=True)
     assert result.step == 3
     with pytest.raises(BangerError, match="nothing to resume"):
         train(corpus, tmp_path / "other", config=quick(), resume=True)
@@ -204,8 +210,9 @@ def test_resume_on_data_with_another_tokenizer_is_refused(corpus, tmp_path):
 def test_cli_train_prints_the_best_checkpoint(corpus, tmp_path):
     from bangercli.cli import app
 
-    args = ["train", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny", "--seq-len", "32",
-            "--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    args = ["train", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny",
+            "--seq-len", "32", "--max-steps", "3", "--batch-size", "4", "--device", "cpu",
+            "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(tmp_path / "run" / "best.safetensors")
@@ -263,3 +270,16 @@ def test_data_parallel_over_all_visible_gpus(corpus, tmp_path):
     result = train(corpus, tmp_path / "run", model_config=tiny(),
                    config=quick(device="cuda", max_steps=6, batch_size=8))
     assert result.step == 6
+
+
+def test_out_of_memory_is_one_clear_error_and_writes_nothing(corpus, tmp_path, monkeypatch):
+    from bangercli.model import NextTokenLoss
+
+    def exhausted(self, inputs, targets):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(NextTokenLoss, "forward", exhausted)
+    with pytest.raises(BangerError, match="out of memory at step 1") as caught:
+        train(corpus, tmp_path / "run", model_config=tiny(), config=quick())
+    assert "--batch-size" in caught.value.hint
+    assert not list((tmp_path / "run").glob("*.safetensors"))

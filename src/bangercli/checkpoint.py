@@ -38,17 +38,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         write(temporary)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # some writers create 0600 files
+        os.chmod(temporary, 0o666 & ~_UMASK)  # safetensors creates 0600 files
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once, at import: setting it later could race with other threads
 
 
 def bare_model(model: nn.Module) -> nn.Module:
@@ -111,7 +114,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise BangerError(f"checkpoint {path} does not exist", hint=hint) from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise BangerError(
-            f"{path} is not a readable banger checkpoint (truncated, corrupt or another format: {err})",
+            f"{path} is not a readable banger checkpoint "
+            f"(truncated, corrupt or another format: {err})",
             hint=hint,
         ) from None
     if raw.get("format") != CHECKPOINT_FORMAT:

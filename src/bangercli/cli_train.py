@@ -33,9 +33,11 @@ def train(
     transpose: Optional[bool] = typer.Option(
         None, "--transpose/--no-transpose", help="Random transposition of melodic notes [on]."
     ),
-    seed: Optional[int] = typer.Option(None, help="Seed for weights, windows and augmentation [0]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of weights, windows, augmentation [0]."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [auto]."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile [off]."),
+    compile: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model [off]."
+    ),
     seq_len: Optional[int] = typer.Option(None, help="Training window in tokens (model field)."),
     dim: Optional[int] = typer.Option(None, help="Model width (model field)."),
     depth: Optional[int] = typer.Option(None, help="Transformer blocks (model field)."),
@@ -61,7 +63,8 @@ def train(
     if resume and force:
         raise UsageError("--resume and --force contradict each other")
     if resume:
-        given = [f"--{k.replace('_', '-')}" for k, v in {**fields, "preset": preset}.items() if v is not None]
+        given = [f"--{k.replace('_', '-')}" for k, v in {**fields, "preset": preset}.items()
+                 if v is not None]
         if given:
             raise UsageError(f"{', '.join(given)} cannot change when resuming",
                              hint="the model comes from the run's last checkpoint")
@@ -79,9 +82,9 @@ def train(
         return
     if not quiet:
         best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
-        stderr.print(soft_wrap=True, *[f"trained {result.step} steps ({result.epoch:.2f} epochs) in "
+        stderr.print(f"trained {result.step} steps ({result.epoch:.2f} epochs) in "
                      f"{result.seconds:.0f} s, {result.tokens_per_s:,.0f} tokens/s; "
-                     f"best validation loss {best}"])
+                     f"best validation loss {best}", soft_wrap=True)
     print(result.best)
 
 
@@ -163,8 +166,8 @@ def _print_evaluation(report: dict, model: str) -> None:
     from rich.table import Table
 
     table = Table(title=f"banger evaluate {model} ({report['split']})")
-    for column in ("tokens", "loss", "accuracy", "perplexity", "tokens scored"):
-        table.add_column(column, justify="left" if column == "tokens" else "right")
+    for column in ("targets", "loss", "accuracy", "perplexity", "tokens scored"):
+        table.add_column(column, justify="left" if column == "targets" else "right")
     table.add_row("all", f"{report['loss']:.4f}", f"{report['accuracy']:.4f}",
                   f"{report['perplexity']:.2f}", f"{report['tokens']:,}")
     for name in ("time", "durvel", "note"):

@@ -8,6 +8,7 @@ on CUDA). Importing this module imports torch: the CLI imports it inside command
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -119,7 +120,10 @@ class NextTokenLoss(nn.Module):
         self.model = model
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.model(inputs)
+        # bfloat16 autocast on CUDA is entered here, inside each DataParallel replica's thread:
+        # DataParallel would otherwise re-enter autocast with its default dtype, float16.
+        with torch.autocast("cuda", dtype=torch.bfloat16) if inputs.is_cuda else nullcontext():
+            logits = self.model(inputs)
         flat_logits = logits.reshape(-1, logits.shape[-1]).float()
         flat_targets = targets.reshape(-1)
         loss = F.cross_entropy(

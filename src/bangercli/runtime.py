@@ -76,7 +76,8 @@ def pick_device(device: str = "auto") -> torch.device:
     try:
         return torch.device("cuda" if device == "auto" else device)
     except RuntimeError:
-        raise UsageError(f"unknown device {device!r}", hint="use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device {device!r}",
+                         hint="use auto, cpu, cuda or cuda:N") from None
 
 
 def setup_runtime(device: str = "auto") -> Runtime:

@@ -323,8 +323,9 @@ def normalize(notes: list[Note], grid: Grid) -> list[Note]:
     the same instrument starts again is cut at the new onset, so no two notes overlap on one
     key and every written file reads back to exactly the same notes.
     """
+    notes = list(notes)  # a new list (callers sort it in place), from any iterable
     if _is_canonical(notes, grid.max_duration):  # e.g. encoding a score just read: one scan
-        return list(map(_note, notes))
+        return notes
     return _canonical(notes, grid.max_duration)
 
 
@@ -361,7 +362,10 @@ def _is_canonical(notes: list[Note], max_duration: int) -> bool:
     """Whether `normalize` would return these notes unchanged (sorted, clipped, no overlaps)."""
     last_instrument = last_pitch = -math.inf
     last_end = 0
-    for start, duration, instrument, pitch, _ in notes:
+    for note in notes:
+        if type(note) is not Note:  # e.g. plain tuples: `_canonical` makes Notes of them
+            return False
+        start, duration, instrument, pitch, _ = note
         if start < 0 or not 0 <= pitch <= 127 or not 1 <= duration <= max_duration:
             return False
         if instrument == last_instrument and pitch == last_pitch:

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 
 from .checkpoint import (
-    bare_model, check_tokenizer, load_training_state, read_checkpoint, save_checkpoint,
-    save_training_state,
+    check_tokenizer, load_training_state, read_checkpoint, save_checkpoint, save_training_state,
 )
 from .errors import BangerError, DataError, OutputExistsError, UsageError
-from .evaluate import autocast_for, field_table, score_windows
+from .evaluate import field_table, score_windows
 from .model import ModelConfig, NextTokenLoss, build_model, count_parameters
-from .runtime import Runtime, setup_runtime, wrap_model
+from .runtime import setup_runtime, wrap_model
 from .shards import Shards, manifest_hash
 from .tokenizer import Tokenizer, TokenizerConfig
 from .windows import WindowSampler, piece_windows
@@ -59,9 +58,11 @@ class TrainConfig:
         positive = ("batch_size", "val_every", "val_windows", "save_every", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} must be >= 1, got {getattr(self, name)}")
         if self.epochs <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise UsageError("--epochs and --lr must be positive, --warmup-steps and --grad-clip >= 0")
+            raise UsageError("--epochs and --lr must be positive, "
+                             "--warmup-steps and --grad-clip >= 0")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
         return self
@@ -107,8 +108,8 @@ def train(
 ) -> TrainResult:
     """Train on DATA_DIR (made by `banger preprocess`), writing checkpoints to RUN_DIR.
     `callback` receives every event as a dict: start, train, validation, checkpoint."""
-    trainer = Trainer(Path(data_dir), Path(run_dir), model_config or ModelConfig(), config.validate(),
-                      resume=resume, force=force, callback=callback)
+    trainer = Trainer(Path(data_dir), Path(run_dir), model_config or ModelConfig(),
+                      config.validate(), resume=resume, force=force, callback=callback)
     try:
         return trainer.run()
     finally:
@@ -139,7 +140,8 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = build_model(model_config)
         self.model.to(self.runtime.device)
-        self.loss_module = wrap_model(NextTokenLoss(self.model), self.runtime, compile=config.compile)
+        self.loss_module = wrap_model(NextTokenLoss(self.model), self.runtime,
+                                      compile=config.compile)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         if resume:
             self._load_optimizer()
@@ -153,6 +155,8 @@ class Trainer:
     # --- setup -------------------------------------------------------------------------
 
     def _check_run_dir(self, resume: bool, force: bool) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise OutputExistsError(f"{self.run_dir} is a file", hint="choose another --out")
         if resume:
             if not (self.run_dir / "last.safetensors").exists():
                 raise BangerError(f"nothing to resume in {self.run_dir} (no last.safetensors)",
@@ -274,8 +278,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else c.lr
         try:
-            with autocast_for(device):
-                out = self.loss_module(batch[:, :-1], batch[:, 1:]).sum(0)
+            out = self.loss_module(batch[:, :-1], batch[:, 1:]).sum(0)  # autocasts on CUDA
             loss = out[0] / out[2].clamp(min=1)
             loss.backward()
             if c.grad_clip:
@@ -284,7 +287,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         except (torch.OutOfMemoryError, MemoryError) as err:
             raise BangerError(
-                f"out of memory at step {step + 1} on {self.runtime.describe()} ({type(err).__name__})",
+                f"out of memory at step {step + 1} on {self.runtime.describe()} "
+                f"({type(err).__name__})",
                 hint="lower --batch-size or --seq-len, or pick a smaller --preset",
             ) from None
         return out.detach().float()
@@ -323,8 +327,9 @@ class Trainer:
     def _save(self, name: str, done: int, **extra) -> None:
         self.info.update(step=done, epoch=done / self.steps_per_epoch, **extra)
         if self.runtime.main:
-            info = {**self.info, "data_manifest_hash": self.data_hash, "data_dir": str(self.data_dir),
-                    "train_config": asdict(self.config), "world_size": self.runtime.world}
+            info = {**self.info, "data_manifest_hash": self.data_hash,
+                    "data_dir": str(self.data_dir), "train_config": asdict(self.config),
+                    "world_size": self.runtime.world}
             path = save_checkpoint(self.run_dir / name, self.model, config=self.model_config,
                                    tokenizer_config=self.tokenizer.config, info=info)
             self._emit("checkpoint", step=done, path=str(path))
@@ -416,7 +421,8 @@ def write_curves(metrics: Path, png: Path) -> None:
         steps = [p["step"] for p in chosen]
         loss_axes.plot(steps, [p["loss"] for p in chosen], style, label=split, markersize=3)
         accuracy_axes.plot(steps, [p["accuracy"] for p in chosen], style, label=split, markersize=3)
-    for axes, name in ((loss_axes, "cross-entropy loss (nats/token)"), (accuracy_axes, "token accuracy")):
+    labels = ((loss_axes, "cross-entropy loss (nats/token)"), (accuracy_axes, "token accuracy"))
+    for axes, name in labels:
         axes.set_xlabel("step")
         axes.set_ylabel(name)
         axes.grid(alpha=0.3)

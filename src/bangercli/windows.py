@@ -106,7 +106,9 @@ class WindowSampler:
         return np.concatenate((piece[:header], piece[start : start + body]))
 
 
-def piece_windows(piece: np.ndarray, tokenizer: Tokenizer, length: int) -> list[tuple[np.ndarray, int]]:
+def piece_windows(
+    piece: np.ndarray, tokenizer: Tokenizer, length: int
+) -> list[tuple[np.ndarray, int]]:
     """Non-overlapping windows covering a piece, each ``(tokens, skip)``: `tokens` is the header
     plus a crop starting on a note boundary, at most `length` long; the first `skip` targets
     (the repeated header) are not scored, so every token of the piece is scored exactly once."""
@@ -120,7 +122,8 @@ def piece_windows(piece: np.ndarray, tokenizer: Tokenizer, length: int) -> list[
         end = min(position + length - len(prefix), len(piece))
         if end < len(piece):
             end = _aligned_end(starts, position, end)
-        windows.append((np.concatenate((prefix, piece[position:end])), len(prefix) - 1 if position else 0))
+        skip = len(prefix) - 1 if position else 0
+        windows.append((np.concatenate((prefix, piece[position:end])), skip))
         position = end
     return windows
 
