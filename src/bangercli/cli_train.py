@@ -30,9 +30,15 @@ def train(
     val_every: Optional[int] = typer.Option(None, help="Steps between validations [300]."),
     val_windows: Optional[int] = typer.Option(None, help="Validation windows scored [256]."),
     save_every: Optional[int] = typer.Option(None, help="Steps between writes of last [1000]."),
+    schedule: Optional[str] = typer.Option(
+        None, help="Learning rate after warm-up: cosine (to 10%) or constant [cosine]."),
     transpose: Optional[bool] = typer.Option(
         None, "--transpose/--no-transpose", help="Random transposition of melodic notes [on]."
     ),
+    revoice: Optional[float] = typer.Option(
+        None, help="Share of windows re-voiced onto other instrument families [0]."),
+    mix: Optional[str] = typer.Option(
+        None, help="Sampling weights by source folder, e.g. freedoom=4,groove=0.5 [all 1]."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, windows, augmentation [0]."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N [auto]."),
     compile: Optional[bool] = typer.Option(
@@ -57,6 +63,7 @@ def train(
     options = dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                    warmup_steps=warmup_steps, val_every=val_every, val_windows=val_windows,
                    save_every=save_every, transpose=transpose, seed=seed, device=device,
+                   schedule=schedule, revoice=revoice, mix=mix,
                    compile=compile)
     fields = dict(seq_len=seq_len, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
                   ff_mult=ff_mult, dropout=dropout)
@@ -140,10 +147,15 @@ def evaluate(
     batch_size: int = typer.Option(16, help="Windows per forward pass."),
     max_pieces: Optional[int] = typer.Option(None, help="Score only the first N pieces."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    samples: int = typer.Option(0, help="Also generate N pieces per condition and measure "
+                                "control adherence and musical metrics (0 = off)."),
+    bars: int = typer.Option(8, help="Length of the generated (and compared real) pieces."),
+    seed: int = typer.Option(0, help="Seed of the generated pieces."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
-    """Score a model on a data split: loss, accuracy, per-field accuracy, bits per note."""
+    """Score a model on a data split: loss, accuracy, per-field accuracy, bits per note;
+    with --samples, also the adherence and musical metrics of generated pieces."""
     from .checkpoint import load_model
     from .cli import _progress
     from .evaluate import evaluate as run
@@ -151,6 +163,8 @@ def evaluate(
 
     if batch_size < 1 or (max_pieces is not None and max_pieces < 1):
         raise UsageError("--batch-size and --max-pieces must be >= 1")
+    if samples < 0 or bars < 1:
+        raise UsageError("--samples must be >= 0 and --bars >= 1")
     banger = load_model(model, device=str(pick_device(device)))
     with _progress(quiet, "evaluating") as update:
         result = run(banger, data_dir, split=split, batch_size=batch_size, max_pieces=max_pieces,
@@ -158,6 +172,16 @@ def evaluate(
     report = result.to_dict()
     if not quiet:
         _print_evaluation(report, model)
+    if samples:
+        from .evaluate_music import evaluate_music
+
+        with _progress(quiet, "generating") as update:
+            music = evaluate_music(banger, samples=samples, bars=bars, seed=seed,
+                                   data_dir=data_dir, split=split, max_pieces=max_pieces,
+                                   progress=update)
+        report["music"] = music.to_json()
+        if not quiet:
+            _print_music(report["music"])
     if as_json:
         print(json.dumps(report, indent=2))
 
@@ -177,3 +201,28 @@ def _print_evaluation(report: dict, model: str) -> None:
     table.caption = (f"{report['bits_per_note']:.3f} bits per note over {report['notes']:,} notes "
                      f"in {report['pieces']:,} pieces")
     stderr.print(table)
+
+
+def _print_music(music: dict) -> None:
+    from rich.table import Table
+
+    def cell(value, percent=False):
+        if value is None:
+            return "-"
+        return f"{value:.0%}" if percent else f"{value:.3f}"
+
+    checks = ("decodable", "instruments_present", "lead_most_notes", "drums", "only")
+    adherence = Table(title="generated pieces: does the music obey the request?")
+    adherence.add_column("condition")
+    for column in checks:
+        adherence.add_column(column.replace("_", " "), justify="right")
+    for name, row in music["conditions"].items():
+        adherence.add_row(name, *(cell(row.get(c), True) for c in checks))
+    stderr.print(adherence)
+    metrics = Table(title="musical metrics (means)")
+    for column in ("metric", "generated", "real", "generated / real"):
+        metrics.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in music["generated"].items():
+        metrics.add_row(name.replace("_", " "), cell(value), cell(music["real"].get(name)),
+                        cell(music["relative_to_real"].get(name)))
+    stderr.print(metrics)

@@ -88,6 +88,14 @@ class Shards:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
+    def pieces(self):
+        """The per-piece records of ``<split>.pieces.jsonl`` (source path, hash, notes ...)."""
+        path = self.data_dir / f"{self.split}.pieces.jsonl"
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)

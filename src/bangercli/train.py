@@ -49,7 +49,10 @@ class TrainConfig:
     val_windows: int = 256  # validation windows scored each time (a fixed subset of the split)
     save_every: int = 1000  # steps between writes of last.safetensors (best: whenever val improves)
     log_every: int = 10  # training steps averaged into one point of metrics.jsonl
+    schedule: str = "cosine"  # learning rate after warm-up: "cosine" (down to 10%) or "constant"
     transpose: bool = True  # shift melodic notes by a random -5..+6 semitones per window
+    revoice: float = 0.0  # share of windows whose melodic parts move to other instrument families
+    mix: str = ""  # sampling weights by source path, e.g. "freedoom=4,groove=0.5" (default 1)
     seed: int = 0  # seeds the initial weights, window sampling and augmentation
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
@@ -63,6 +66,11 @@ class TrainConfig:
         if self.epochs <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise UsageError("--epochs and --lr must be positive, "
                              "--warmup-steps and --grad-clip >= 0")
+        if self.schedule not in ("cosine", "constant"):
+            raise UsageError(f"--schedule must be cosine or constant, got {self.schedule!r}")
+        if not 0.0 <= self.revoice <= 1.0:
+            raise UsageError(f"--revoice must be in [0, 1], got {self.revoice}")
+        parse_mix(self.mix)
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
         return self
@@ -85,6 +93,49 @@ class TrainingInterrupted(BangerError):
     """Ctrl-C: `last` was saved, the run can be resumed."""
 
     exit_code = 130
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up, then constant or a cosine decay to 10% at the last step."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    span = max(total_steps - config.warmup_steps, 1)
+    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def parse_mix(mix: str) -> dict[str, float]:
+    """"freedoom=4,groove=0.5" -> {"freedoom": 4.0, "groove": 0.5}."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in mix.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"bad --mix entry {item!r}", hint="write NAME=WEIGHT, e.g. freedoom=4") from None
+        if not name.strip() or weights[name.strip()] < 0:
+            raise UsageError(f"bad --mix entry {item!r}", hint="weights must be >= 0")
+    return weights
+
+
+def mix_weights(shards: Shards, mix: str) -> np.ndarray | None:
+    """Per-piece sampling weight: the weight of the first --mix name found in the piece's
+    source path (as a folder or file name part), else 1."""
+    weights = parse_mix(mix)
+    if not weights:
+        return None
+    factors = np.ones(len(shards))
+    for i, info in enumerate(shards.pieces()):
+        parts = Path(info.get("path", "")).parts
+        for name, weight in weights.items():
+            if name in parts or any(name in part for part in parts):
+                factors[i] = weight
+                break
+    if not (factors > 0).any():
+        raise UsageError("--mix gives every piece weight 0")
+    return factors
 
 
 def resume_config(run_dir: str | os.PathLike, **overrides) -> TrainConfig:
@@ -147,7 +198,8 @@ class Trainer:
             self._load_optimizer()
         self.sampler = WindowSampler(self.train_data, self.tokenizer, seq_len=model_config.seq_len,
                                      seed=config.seed, transpose=config.transpose,
-                                     rank=self.runtime.rank)
+                                     revoice=config.revoice, rank=self.runtime.rank,
+                                     weights=mix_weights(self.train_data, config.mix))
         self.val_windows = self._validation_windows()
         self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=self.runtime.main)
         self.stop_requested = False
@@ -276,7 +328,7 @@ class Trainer:
         batch = torch.from_numpy(self.sampler.batch(step, rows)).to(device, non_blocking=True)
         torch.manual_seed(c.seed * 1_000_003 + step)  # dropout masks depend on the step only
         for group in self.optimizer.param_groups:
-            group["lr"] = c.lr * min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else c.lr
+            group["lr"] = learning_rate(c, step, self.total_steps)
         try:
             out = self.loss_module(batch[:, :-1], batch[:, 1:]).sum(0)  # autocasts on CUDA
             loss = out[0] / out[2].clamp(min=1)

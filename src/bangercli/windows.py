@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .augment import revoice_windows
 from .instruments import DRUMS
 from .shards import Shards
 from .tokenizer import Tokenizer
@@ -63,16 +64,22 @@ class WindowSampler:
         seq_len: int,
         seed: int,
         transpose: bool = True,
+        revoice: float = 0.0,
         rank: int = 0,
+        weights: np.ndarray | None = None,
     ) -> None:
         self.shards = shards
         self.tokenizer = tokenizer
         self.length = seq_len + 1  # inputs are window[:-1], targets window[1:]
         self.seed = seed
         self.transpose = transpose
+        self.revoice = revoice
         self.rank = rank
         lengths = shards.lengths.astype(np.float64)
-        # Pieces are drawn in proportion to their length: every token is equally likely to be seen.
+        # Pieces are drawn in proportion to their length (every token equally likely to be
+        # seen), times an optional per-piece weight (the data mix).
+        if weights is not None:
+            lengths = lengths * weights
         self.cdf = np.cumsum(lengths) / lengths.sum()
         self._starts = lru_cache(maxsize=4096)(self._piece_starts)
 
@@ -92,6 +99,8 @@ class WindowSampler:
         if self.transpose:
             low, high = TRANSPOSE_RANGE
             transpose_notes(windows, rng.integers(low, high + 1, size=size), self.tokenizer)
+        if self.revoice:
+            revoice_windows(windows, rng, self.tokenizer, probability=self.revoice)
         return windows
 
     def window(self, index: int, rng: np.random.Generator) -> np.ndarray:
