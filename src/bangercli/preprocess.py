@@ -108,7 +108,8 @@ def process_file(path: Path, options: PreprocessOptions, config: TokenizerConfig
     if options.trim_silence and score.notes:
         bar = config.steps_per_bar
         shift = min(note.start for note in score.notes) // bar * bar
-        score.notes = [note._replace(start=note.start - shift) for note in score.notes]
+        if shift:  # most files start in their first bar: nothing to rebuild
+            score.notes = [note._replace(start=note.start - shift) for note in score.notes]
     ids = tokenizer.encode(score)
     counts = score.note_counts()
     result.update(

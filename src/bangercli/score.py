@@ -3,7 +3,7 @@
 A `Score` is what the tokenizer sees: notes with onsets and durations in grid steps
 (`steps_per_quarter` per quarter note), an instrument category, a pitch and a velocity
 level. Reading uses a small Standard MIDI File parser of our own instead of mido's:
-it only builds the events a score needs (3-4x faster than `mido.MidiFile` on the corpus,
+it only builds the events a score needs (about 6x faster than `mido.MidiFile` on the corpus,
 see docs/benchmarks.md) and every malformed byte becomes a `MidiReadError` with the reason,
 never an IndexError from deep inside a parser. Time and memory are bounded by the file size.
 """
