@@ -34,6 +34,18 @@ def banger_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op torch thread for the whole suite: the test models are tiny and
+    overhead-bound, and two spinning threads on a busy 2-core machine are many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tokenizer() -> Tokenizer:
     return Tokenizer()

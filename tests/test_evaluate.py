@@ -26,14 +26,6 @@ def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"), pieces=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def checkpoint(path, *, seq_len: int):
     torch.manual_seed(0)
     config = model_config("tiny", seq_len=seq_len)

@@ -14,15 +14,6 @@ CONFIG = PRESETS["tiny"]
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model is overhead-bound, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturbed_model(*, seed: int = 0, unit_offset: bool = True) -> torch.nn.Module:
     """A tiny random model whose layer-norm gains and feed-forward biases are far from their
     initial values (gain 1, bias 0), so a decoder that ignored them would fail. With

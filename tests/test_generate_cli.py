@@ -30,15 +30,6 @@ JSON_KEYS = {"midi", "audio", "piano_roll", "seed", "instruments", "drums", "bar
              "seconds"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model is overhead-bound, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained model saved the way `banger train` saves one."""

@@ -23,15 +23,6 @@ from bangercli.model import (
 from bangercli.tokenizer import Tokenizer, TokenizerConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: steadier timings on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed: int = 0):
     torch.manual_seed(seed)
     config = PRESETS["tiny"]
@@ -99,8 +90,6 @@ def test_float16_checkpoint_is_smaller_and_loads_as_float32(tmp_path):
 def test_model_names_resolve_in_the_user_directory(banger_home):
     save_tiny(banger_home / "models" / "mine.safetensors")
     assert load_model("mine").info["step"] == 7
-    with pytest.raises(BangerError, match="no default model is shipped yet"):
-        load_model("default")
     with pytest.raises(BangerError, match="unknown model 'nope'"):
         load_model("nope")
     with pytest.raises(BangerError, match="no checkpoint file"):

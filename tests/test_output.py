@@ -24,15 +24,6 @@ from bangercli.tokenizer import Tokenizer
 CONFIG = PRESETS["tiny"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model is overhead-bound, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def banger() -> Banger:
     torch.manual_seed(0)

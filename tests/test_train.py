@@ -51,15 +51,6 @@ def corpus(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: two spinning threads on a busy 2-core machine are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides):
     return model_config("tiny", **{"seq_len": 32, **overrides})
 

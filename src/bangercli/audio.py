@@ -7,13 +7,13 @@ samples collected, so rendering works on servers and runs faster than realtime.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import mido
 import numpy as np
 
 from .errors import BangerError
+from .files import atomic_write
 
 AUDIO_FORMATS = ("mp3", "wav", "flac")
 SAMPLE_RATE = 44_100
@@ -138,34 +138,12 @@ def _play(synth, font: int, message: mido.Message) -> None:
 
 
 def write_audio(samples: np.ndarray, path: str | os.PathLike, *, fmt: str,
-                sample_rate: int = SAMPLE_RATE) -> Path:
-    """Write samples atomically (temporary file in the same folder, then rename)."""
+                sample_rate: int = SAMPLE_RATE, overwrite: bool = True) -> Path:
+    """Write samples as `fmt` atomically (temporary file in the same folder, then rename)."""
     import soundfile
 
     if fmt not in AUDIO_FORMATS:
         raise BangerError(f"unknown audio format {fmt!r}", hint=f"choose one of: {', '.join(AUDIO_FORMATS)}")
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".{fmt}.part",
-                                         dir=path.parent)
-    os.close(handle)
-    try:
-        soundfile.write(temporary, np.clip(samples, -1.0, 1.0), sample_rate, format=fmt.upper())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _umask() -> int:
-    return _UMASK
+    clipped = np.clip(samples, -1.0, 1.0)
+    return atomic_write(path, lambda temporary: soundfile.write(
+        temporary, clipped, sample_rate, format=fmt.upper()), overwrite=overwrite)

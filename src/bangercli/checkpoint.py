@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from . import __version__
+from .files import atomic_write
 from .errors import BangerError
 from .model import MODEL_ARCHITECTURE, Banger, ModelConfig, build_model
 from .paths import package_models_dir, user_models_dir
@@ -27,31 +27,6 @@ CHECKPOINT_FORMAT = "banger-checkpoint"
 CHECKPOINT_VERSION = 1  # bump on any change to the layout below; old files are refused
 SUFFIX = ".safetensors"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)``, fsync, then rename onto `path`; clean up on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)  # safetensors creates 0600 files
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once, at import: setting it later could race with other threads
 
 
 def bare_model(model: nn.Module) -> nn.Module:

@@ -7,10 +7,9 @@ torch is imported inside the commands that need it, so `banger --help` stays ins
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import typer
 from rich.console import Console

@@ -174,6 +174,26 @@ class Banger:
         logits = self.model(inputs).float().cpu()
         return logits[0] if squeeze else logits
 
+    def generate(self, *, instruments=(), only: bool = False, drums: bool | None = None,
+                 bars: int | None = 16, tokens: int | None = None, variants: int = 1,
+                 seed: int = 0, bpm: float | None = None, prompt=None,
+                 prompt_bars: int | None = None, temperature: float = 1.0, top_p: float = 0.95,
+                 top_k: int = 0, progress=None) -> list:
+        """Generate pieces in memory (see `bangercli.generate.Request` for the options);
+        each `Piece` has `.notes`, `.midi` (a mido.MidiFile; `.midi.save(path)`), `.ids`."""
+        from .generate import Request, generate
+        from .sampling import Sampling
+
+        if isinstance(instruments, str):
+            instruments = (instruments,)
+        request = Request(
+            instruments=tuple(instruments), only=only, drums=drums,
+            bars=None if tokens else bars, tokens=tokens, variants=variants, seed=seed, bpm=bpm,
+            prompt=prompt, prompt_bars=prompt_bars,
+            sampling=Sampling(temperature=temperature, top_p=top_p, top_k=top_k),
+        )
+        return generate(self, request, progress=progress)
+
     def __repr__(self) -> str:
         c = self.config
         return (

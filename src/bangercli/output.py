@@ -11,13 +11,12 @@ from __future__ import annotations
 import io
 import os
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .errors import BangerError, OutputExistsError, UsageError
-from .audio import _umask
+from .files import atomic_write
 from .generate import Piece
 
 TEMPLATE_FIELDS = ("lead", "instruments", "drums", "seed", "n", "bars", "bpm")
@@ -120,7 +119,7 @@ def _soundfont_or_warn(soundfont, warn):
 
 
 def _write(path: Path, data: bytes, force: bool) -> Path:
-    return _commit(path, force, lambda temporary: Path(temporary).write_bytes(data))
+    return _commit(path, force, lambda temporary: temporary.write_bytes(data))
 
 
 def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool) -> Path:
@@ -137,25 +136,13 @@ def _write_piano_roll(piece: Piece, path: Path, force: bool, steps_per_bar: int)
     return _commit(path, force, lambda temporary: write_png(image, temporary))
 
 
-def _commit(path: Path, force: bool, write: Callable[[str], object]) -> Path:
-    """Write through `write(temporary)`, then give it its final name without clobbering."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
+def _commit(path: Path, force: bool, write: Callable[[Path], object]) -> Path:
+    """Write through `write(temporary)`, then give it its final name (never clobbering
+    another file unless `force`)."""
     try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
-        if force:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)  # atomic, and fails if another run took the name
-            except FileExistsError:
-                raise OutputExistsError(f"{path} already exists",
-                                        hint="pass --force to overwrite, or another --seed/--name") from None
-            os.unlink(temporary)
+        return atomic_write(path, write, overwrite=force)
+    except OutputExistsError as err:
+        raise OutputExistsError(str(err), hint="pass --force to overwrite, or another --seed/--name") from None
     except OSError as err:
         raise BangerError(f"cannot write {path}: {err.strerror or err}",
                           hint="check the --out folder is writable and the disk has room") from None
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return path

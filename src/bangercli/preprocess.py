@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import BangerError, DataError, MidiReadError, OutputExistsError, UsageError
+from .files import atomic_write
 from .instruments import DRUMS, INSTRUMENTS
 from .score import MAX_FILE_BYTES, Score
 from .shards import DATA_FORMAT, DATA_FORMAT_VERSION, ShardWriter
@@ -259,9 +260,8 @@ def _holds(directory: Path, path: str | os.PathLike) -> bool:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def _remove_stale_staging(out: Path) -> None:
