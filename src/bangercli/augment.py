@@ -5,7 +5,8 @@ have a few thousand notes each), so without help those categories would not be
 controllable. Re-voicing moves whole parts of a training window to another category: the
 header's instrument token and every NOTE token of the part change together, the mapping is
 one-to-one (two parts never merge), and counts are unchanged, so the window stays in the
-tokenizer's canonical form (lead first, same chord order). Bass stays bass (a bass line is
+tokenizer's canonical form (lead first, same chord order; only parts that tie on note count
+may swap their order in the header). Bass stays bass (a bass line is
 not a lead line) and drums stay drums. numpy only.
 """
 

@@ -51,6 +51,9 @@ def train(
     dim_head: Optional[int] = typer.Option(None, help="Width of each head (model field)."),
     ff_mult: Optional[int] = typer.Option(None, help="Feed-forward width / dim (model field)."),
     dropout: Optional[float] = typer.Option(None, help="Dropout while training (model field)."),
+    init: Optional[str] = typer.Option(
+        None, help="Start from these weights (checkpoint or model name, e.g. default) with a "
+        "fresh optimizer: fine-tuning. The model size comes from the checkpoint."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     force: bool = typer.Option(False, "--force", help="Replace a run already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages."),
@@ -63,18 +66,18 @@ def train(
     options = dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                    warmup_steps=warmup_steps, val_every=val_every, val_windows=val_windows,
                    save_every=save_every, transpose=transpose, seed=seed, device=device,
-                   schedule=schedule, revoice=revoice, mix=mix,
+                   schedule=schedule, revoice=revoice, mix=mix, init=init,
                    compile=compile)
     fields = dict(seq_len=seq_len, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
                   ff_mult=ff_mult, dropout=dropout)
     if resume and force:
         raise UsageError("--resume and --force contradict each other")
-    if resume:
+    if resume or init:
         given = [f"--{k.replace('_', '-')}" for k, v in {**fields, "preset": preset}.items()
                  if v is not None]
         if given:
-            raise UsageError(f"{', '.join(given)} cannot change when resuming",
-                             hint="the model comes from the run's last checkpoint")
+            raise UsageError(f"{', '.join(given)} cannot be given with --resume or --init",
+                             hint="the model comes from the checkpoint")
         if not (out / "last.safetensors").exists():
             raise UsageError(f"nothing to resume in {out} (no last.safetensors)",
                              hint="drop --resume to start a new run")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoint import (
-    check_tokenizer, load_training_state, read_checkpoint, save_checkpoint, save_training_state,
+    check_tokenizer, load_model, load_training_state, read_checkpoint, save_checkpoint, save_training_state,
 )
 from .errors import BangerError, DataError, OutputExistsError, UsageError
 from .evaluate import field_table, score_windows
@@ -53,6 +53,7 @@ class TrainConfig:
     transpose: bool = True  # shift melodic notes by a random -5..+6 semitones per window
     revoice: float = 0.0  # share of windows whose melodic parts move to other instrument families
     mix: str = ""  # sampling weights by source path, e.g. "freedoom=4,groove=0.5" (default 1)
+    init: str = ""  # start from these weights (checkpoint path or model name), fresh optimizer
     seed: int = 0  # seeds the initial weights, window sampling and augmentation
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
@@ -180,8 +181,14 @@ class Trainer:
         self._check_run_dir(resume, force)
         self.info: dict = {"step": 0, "best_val_loss": None, "tokens_seen": 0, "seconds": 0.0}
         tokenizer_config = TokenizerConfig.from_dict(self.train_data.manifest["tokenizer"])
+        initial = None
         if resume:
             self.model, model_config = self._load_last(tokenizer_config)
+        elif config.init:  # fine-tune: the model (and its size) comes from the checkpoint
+            initial = load_model(config.init)
+            check_tokenizer(initial.tokenizer.config.to_dict(), tokenizer_config.to_dict(),
+                            where=f"--init {config.init}")
+            model_config = initial.config
         else:
             model_config = replace(model_config, vocab_size=Tokenizer(tokenizer_config).vocab_size)
         self.model_config, self.tokenizer = model_config.validate(), Tokenizer(tokenizer_config)
@@ -189,7 +196,7 @@ class Trainer:
         if not resume:  # every check passed: only now clear an old run away (--force)
             self._clear_run_dir()
             torch.manual_seed(config.seed)
-            self.model = build_model(model_config)
+            self.model = initial.model.train() if initial else build_model(model_config)
         self.model.to(self.runtime.device)
         self.loss_module = wrap_model(NextTokenLoss(self.model), self.runtime,
                                       compile=config.compile)
