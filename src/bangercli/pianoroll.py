@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .instruments import INSTRUMENTS
+from .instruments import DRUMS, INSTRUMENTS
 from .score import Note
 
 # One colour per category (piano .. ethnic, drums), picked to tell neighbours apart.
@@ -28,22 +28,33 @@ BAR_LINE = (200, 200, 200)
 
 def render(notes: list[Note], *, steps_per_bar: int, length: int | None = None,
            step_px: int = 2, pitch_px: int = 3) -> np.ndarray:
-    """An RGB image (height, width, 3) of `notes`; pitches shown span the notes' range."""
+    """An RGB image (height, width, 3): melodic notes on pitch rows spanning their range, and
+    below a separating line one row per drum sound used (drum "pitches" are not pitches)."""
     length = length or max((n.start + n.duration for n in notes), default=steps_per_bar)
-    if notes:
-        low = max(min(n.pitch for n in notes) - 2, 0)
-        high = min(max(n.pitch for n in notes) + 2, 127)
+    melodic = [n for n in notes if n.instrument != DRUMS.index]
+    drums = [n for n in notes if n.instrument == DRUMS.index]
+    if melodic:
+        low = max(min(n.pitch for n in melodic) - 2, 0)
+        high = min(max(n.pitch for n in melodic) + 2, 127)
     else:
         low, high = 48, 72
-    rows = (high - low + 1) * pitch_px
+    row_of = {pitch: high - pitch for pitch in range(low, high + 1)}
+    sounds = sorted({n.pitch for n in drums}, reverse=True)
+    drum_row = {pitch: high - low + 2 + i for i, pitch in enumerate(sounds)}
+    rows = (high - low + 2 + len(sounds)) * pitch_px
     image = np.empty((rows, length * step_px, 3), dtype=np.uint8)
     image[:] = BACKGROUND
     for bar in range(0, length, steps_per_bar):
         image[:, bar * step_px] = BAR_LINE
-    for note in sorted(notes, key=lambda n: n.instrument == len(INSTRUMENTS) - 1):
-        top = (high - note.pitch) * pitch_px
+    if sounds:
+        separator = (high - low + 1) * pitch_px + pitch_px // 2
+        image[separator] = BAR_LINE
+    for note in melodic + drums:
+        row = drum_row[note.pitch] if note.instrument == DRUMS.index else row_of[note.pitch]
+        top = row * pitch_px
         left = note.start * step_px
-        right = max(min(note.start + note.duration, length) * step_px - 1, left + 1)
+        stop = note.start + (2 if note.instrument == DRUMS.index else note.duration)  # hits: 2 steps wide
+        right = max(min(stop, length) * step_px - 1, left + 1)
         image[top : top + pitch_px - 1, left:right] = COLOURS[note.instrument]
     return image
 
