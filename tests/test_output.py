@@ -229,8 +229,10 @@ def test_piano_roll_is_a_png_one_column_pair_per_step(pieces, tmp_path):
         assert record.piano_roll == record.midi.with_suffix(".png")
         width, height, raw = read_png(record.piano_roll)
         assert width == 12 * 32 * 2  # 12 bars of 32 steps, 2 pixels a step
-        pitches = [n.pitch for n in piece.notes]
+        pitches = [n.pitch for n in piece.notes if n.instrument != 11] or [50, 70]
         span = min(max(pitches) + 2, 127) - max(min(pitches) - 2, 0) + 1
-        assert height == span * 3
+        drum_sounds = {n.pitch for n in piece.notes if n.instrument == 11}
+        # pitch rows, then (with drums) a separator row and one row per drum sound
+        assert height == (span + (1 + len(drum_sounds) if drum_sounds else 0)) * 3
         assert len(raw) == height * (1 + 3 * width)
     assert not [name for name in listing(tmp_path) if name.endswith(".part")]

@@ -41,7 +41,7 @@ def render(notes: list[Note], *, steps_per_bar: int, length: int | None = None,
     row_of = {pitch: high - pitch for pitch in range(low, high + 1)}
     sounds = sorted({n.pitch for n in drums}, reverse=True)
     drum_row = {pitch: high - low + 2 + i for i, pitch in enumerate(sounds)}
-    rows = (high - low + 2 + len(sounds)) * pitch_px
+    rows = (high - low + 1 + (1 + len(sounds) if sounds else 0)) * pitch_px
     image = np.empty((rows, length * step_px, 3), dtype=np.uint8)
     image[:] = BACKGROUND
     for bar in range(0, length, steps_per_bar):
