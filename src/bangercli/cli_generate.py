@@ -29,6 +29,8 @@ def generate(
     temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass, in (0, 1]."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens (0 = off)."),
+    steer: float = typer.Option(1.0, "--steer", help="Logit bonus for requested instruments "
+                                "while missing or behind the lead (0 = off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a fresh one, "
                                        "printed in the results)."),
     bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo (default: the prompt's, or 120)."),
@@ -65,7 +67,7 @@ def generate(
     request = Request(
         instruments=tuple(instrument), only=only, drums=drums, bars=None if tokens else bars,
         tokens=tokens, variants=variants, seed=secrets.randbelow(1_000_000) if seed is None else seed,
-        bpm=bpm, prompt=prompt, prompt_bars=prompt_bars,
+        bpm=bpm, prompt=prompt, prompt_bars=prompt_bars, steer=steer,
         sampling=Sampling(temperature=temperature, top_p=top_p, top_k=top_k),
     )
     request.validate()

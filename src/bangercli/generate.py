@@ -18,7 +18,7 @@ import torch
 from .errors import BangerError, UsageError
 from .fastdecode import FastDecoder, UnsupportedModel
 from .instruments import DRUMS, INSTRUMENTS, instrument_named
-from .sampling import AFTER_DURVEL, EXPECT_TIME, HEADER, Grammar, Sampling, sample
+from .sampling import AFTER_DURVEL, EXPECT_TIME, HEADER, Grammar, Sampling, Steering, sample
 from .score import DEFAULT_BPM, Note, write_midi
 from .tokenizer import Tokenizer, lead_order
 
@@ -36,6 +36,7 @@ class Request:
     prompt: str | os.PathLike | None = None  # a MIDI file to continue
     prompt_bars: int | None = None  # bars of the prompt kept verbatim; None = all of it
     sampling: Sampling = field(default_factory=Sampling)
+    steer: float = 1.0  # logit bonus for requested instruments that are missing or behind (0 = off)
 
     def validate(self) -> None:
         if self.bars is not None and self.bars < 1:
@@ -63,6 +64,8 @@ class Request:
         if self.only and self.drums is False and all(instrument_named(name).is_drums
                                                      for name in self.instruments):
             raise UsageError("--only drums with --no-drums leaves nothing to play")
+        if not 0 <= self.steer <= 10:
+            raise UsageError(f"--steer must be between 0 and 10, got {self.steer}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
 
@@ -163,6 +166,7 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
     header_len = torch.tensor([_header_length(tokenizer, row) for row in rows])
 
     logits = _rewindow(decoder, rows, header_len, window, tokenizer)
+    steering = Steering(tokenizer, instruments, strength=request.steer, batch=batch, prefix=prefix)
     produced = 0
     chord = torch.zeros(batch, dtype=torch.long)  # notes so far at each row's current onset
     while not bool(done.all()):
@@ -172,7 +176,8 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
         if bool((chord >= MAX_CHORD).any()):  # time must move on, or --bars might never end
             mask = mask.clone()
             mask[chord >= MAX_CHORD, tokenizer.time_token(0)] = False
-        token = sample(logits, mask, request.sampling, generator)
+        token = sample(steering.apply(logits, phase), mask, request.sampling, generator)
+        steering.update(token)
         new_phase, new_time = on.advance(phase, time, token)
         chord = torch.where(new_time > time, 0, chord + (new_phase == EXPECT_TIME).long())
         phase, time = new_phase, new_time

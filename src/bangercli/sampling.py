@@ -117,3 +117,56 @@ def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Steering:
+    """A gentle push towards the requested band: while a requested instrument has no note
+    yet, or the lead has no more notes than another melodic part, its NOTE tokens get a
+    logit bonus of `strength` (nats) when an instrument is being chosen. The header asks;
+    this nudges; only the masks forbid."""
+
+    def __init__(self, tokenizer: Tokenizer, instruments: list[int], *, strength: float,
+                 batch: int, prefix: list[int]) -> None:
+        self.tokenizer = tokenizer
+        self.instruments = [i for i in instruments if i != DRUMS.index]
+        self.strength = strength
+        self.counts = torch.zeros(batch, len(INSTRUMENTS))
+        for token in prefix:
+            if tokenizer.kind(token) == "note":
+                self.counts[:, (token - tokenizer.note_offset) // 128] += 1
+        melodic = torch.ones(len(INSTRUMENTS), dtype=torch.bool)
+        melodic[DRUMS.index] = False
+        if self.instruments:
+            melodic[self.instruments[0]] = False
+        self.others = melodic
+
+    @property
+    def active(self) -> bool:
+        return self.strength > 0 and bool(self.instruments)
+
+    def apply(self, logits: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return logits
+        choosing = phase == AFTER_DURVEL
+        if not bool(choosing.any()):
+            return logits
+        bonus = torch.zeros_like(self.counts)
+        wanted = self.instruments
+        bonus[:, wanted] += self.strength * (self.counts[:, wanted] == 0)
+        lead = wanted[0]
+        behind = self.counts[:, lead] <= self.counts[:, self.others].max(dim=1).values
+        bonus[:, lead] += self.strength * behind
+        bonus *= choosing[:, None]
+        start = self.tokenizer.note_offset
+        logits = logits.clone()
+        notes = logits[:, start : start + 128 * len(INSTRUMENTS)].view(len(logits), -1, 128)
+        notes += bonus[:, :, None]
+        return logits
+
+    def update(self, token: torch.Tensor) -> None:
+        if not self.active:
+            return
+        relative = token - self.tokenizer.note_offset
+        is_note = (relative >= 0) & (token < self.tokenizer.vocab_size)
+        instrument = torch.where(is_note, relative // 128, 0)
+        self.counts.scatter_add_(1, instrument[:, None], is_note[:, None].float())
