@@ -29,7 +29,7 @@ def generate(
     temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass, in (0, 1]."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens (0 = off)."),
-    steer: float = typer.Option(1.0, "--steer", help="Logit bonus for requested instruments "
+    steer: float = typer.Option(3.0, "--steer", help="Logit bonus for requested instruments "
                                 "while missing or behind the lead (0 = off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a fresh one, "
                                        "printed in the results)."),

@@ -53,14 +53,18 @@ class MusicEvaluation:
 
 def real_metrics(data_dir: str | os.PathLike, *, split: str, bars: int, tokenizer,
                  max_pieces: int | None = None) -> dict:
-    """Metric means over the first `bars` bars of each real piece of the split."""
+    """Metric means over the first `bars` bars of each real piece of the split that lasts at
+    least that long (a 2-bar drum fill would otherwise count 6 empty bars)."""
     shards = Shards(data_dir, split)
     steps_per_bar = tokenizer.config.steps_per_bar
     limit = bars * steps_per_bar
     rows = []
     count = len(shards) if max_pieces is None else min(len(shards), max_pieces)
     for i in range(count):
-        notes = [n for n in tokenizer.decode_score(shards[i].tolist()).notes if n.start < limit]
+        notes = tokenizer.decode_score(shards[i].tolist()).notes
+        if not notes or max(n.start for n in notes) < limit - steps_per_bar:
+            continue
+        notes = [n for n in notes if n.start < limit]
         if notes:
             rows.append(piece_metrics(notes, steps_per_bar=steps_per_bar, bars=bars))
     return mean_metrics(rows)

@@ -36,7 +36,7 @@ class Request:
     prompt: str | os.PathLike | None = None  # a MIDI file to continue
     prompt_bars: int | None = None  # bars of the prompt kept verbatim; None = all of it
     sampling: Sampling = field(default_factory=Sampling)
-    steer: float = 1.0  # logit bonus for requested instruments that are missing or behind (0 = off)
+    steer: float = 3.0  # logit bonus for requested instruments that are missing or behind (0 = off)
 
     def validate(self) -> None:
         if self.bars is not None and self.bars < 1:

@@ -178,7 +178,7 @@ class Banger:
                  bars: int | None = 16, tokens: int | None = None, variants: int = 1,
                  seed: int = 0, bpm: float | None = None, prompt=None,
                  prompt_bars: int | None = None, temperature: float = 1.0, top_p: float = 0.95,
-                 top_k: int = 0, steer: float = 1.0, progress=None) -> list:
+                 top_k: int = 0, steer: float = 3.0, progress=None) -> list:
         """Generate pieces in memory (see `bangercli.generate.Request` for the options);
         each `Piece` has `.notes`, `.midi` (a mido.MidiFile; `.midi.save(path)`), `.ids`."""
         from .generate import Request, generate
