@@ -25,7 +25,7 @@ def test_bonus_goes_to_missing_instruments_and_a_lead_that_is_behind():
     steering = Steering(tokenizer, [GUITAR, BASS], strength=2.0, batch=2, prefix=[])
     logits = torch.zeros(2, tokenizer.vocab_size)
     phase = torch.tensor([AFTER_DURVEL, EXPECT_TIME])
-    out = steering.apply(logits, phase)
+    out = steering.apply(logits.clone(), phase)
     guitar = tokenizer.note_token(GUITAR, 60)
     bass = tokenizer.note_token(BASS, 40)
     assert out[0, guitar] == 4.0  # missing and (tied at zero) behind
@@ -34,7 +34,7 @@ def test_bonus_goes_to_missing_instruments_and_a_lead_that_is_behind():
     # once the lead leads and everyone is present, no bonus
     for token in [guitar, guitar, bass]:
         steering.update(torch.tensor([token, token]))
-    assert steering.apply(logits, phase).abs().sum() == 0
+    assert steering.apply(logits.clone(), phase).abs().sum() == 0
 
 
 def test_steering_makes_an_untrained_model_play_the_requested_lead(banger):

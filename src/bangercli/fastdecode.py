@@ -92,6 +92,8 @@ class FastDecoder:
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool)
         self.valid[:, :length] = valid
         self.length = 0
+        # rotary tables for every position this cache can hold, computed once per prefill
+        self.cos, self.sin = self._rotary(torch.arange(capacity))
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         mask = causal[None] & valid[:, None, :]
         mask |= torch.eye(length, dtype=torch.bool)[None]  # pad rows attend to themselves: no NaN
@@ -110,8 +112,7 @@ class FastDecoder:
         batch, length = ids.shape
         start, stop = self.length, self.length + length
         heads, dim_head = self.heads, self.dim_head
-        cos, sin = self._rotary(torch.arange(start, stop))
-        cos, sin = cos[None, None], sin[None, None]
+        cos, sin = self.cos[start:stop], self.sin[start:stop]
         x = F.embedding(ids, self.embedding)
         for i, (qkv_w, out_w, ff1_w, ff1_b, ff2_w, ff2_b) in enumerate(self.layers):
             h = F.layer_norm(x, x.shape[-1:])

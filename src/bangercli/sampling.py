@@ -158,7 +158,7 @@ class Steering:
         bonus[:, lead] += self.strength * behind
         bonus *= choosing[:, None]
         start = self.tokenizer.note_offset
-        logits = logits.clone()
+        logits = logits.clone()  # decoder outputs are inference tensors: no in-place update
         notes = logits[:, start : start + 128 * len(INSTRUMENTS)].view(len(logits), -1, 128)
         notes += bonus[:, :, None]
         return logits
