@@ -123,7 +123,9 @@ class _TrainProgress:
         if self.quiet:
             return
         kind = event["event"]
-        if kind == "start":
+        if kind == "note":
+            stderr.print(f"note: {event['message']}", soft_wrap=True, markup=False)
+        elif kind == "start":
             stderr.print(f"training {event['parameters']:,} parameters on {event['device']}, "
                          f"steps {event['step']}..{event['total_steps']} "
                          f"({event['steps_per_epoch']} per epoch)")

@@ -27,6 +27,7 @@ from .checkpoint import (
     check_tokenizer, load_model, load_training_state, read_checkpoint, save_checkpoint, save_training_state,
 )
 from .errors import BangerError, DataError, OutputExistsError, UsageError
+from .files import atomic_write
 from .evaluate import field_table, score_windows
 from .model import ModelConfig, NextTokenLoss, build_model, count_parameters
 from .runtime import setup_runtime, wrap_model
@@ -320,8 +321,9 @@ class Trainer:
                         hint="continue with `banger train ... --resume`",
                     )
         seconds = time.perf_counter() - began
-        if self.runtime.main:
-            write_curves(self.log.path, self.run_dir / "curves.png")
+        if self.runtime.main and not write_curves(self.log.path, self.run_dir / "curves.png"):
+            self._emit("note", message="no curves.png: matplotlib is not installed "
+                       "(pip install 'banger[plot]')")
         tokens = (self.total_steps - start) * c.batch_size * self.model_config.seq_len
         return TrainResult(self.run_dir, self.total_steps, self.total_steps / self.steps_per_epoch,
                            self.info["best_val_loss"], self.run_dir / "last.safetensors",
@@ -464,11 +466,15 @@ class MetricsLog:
         os.replace(temporary, self.path)
 
 
-def write_curves(metrics: Path, png: Path) -> None:
-    """curves.png: training and validation loss and accuracy against steps (matplotlib, Agg)."""
+def write_curves(metrics: Path, png: Path) -> bool:
+    """curves.png: training and validation loss and accuracy against steps (matplotlib, Agg).
+    matplotlib is optional (`pip install 'banger[plot]'`): without it, returns False."""
     if not metrics.exists():
-        return
-    import matplotlib
+        return False
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -487,7 +493,6 @@ def write_curves(metrics: Path, png: Path) -> None:
         axes.grid(alpha=0.3)
         axes.legend()
     figure.tight_layout()
-    temporary = png.with_name(f".{png.name}.tmp-{os.getpid()}.png")
-    figure.savefig(temporary, dpi=100)
+    atomic_write(png, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     plt.close(figure)
-    os.replace(temporary, png)
+    return True
