@@ -122,7 +122,9 @@ def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
 class Steering:
     """A gentle push towards the requested band: while a requested instrument has no note
     yet, or the lead has no more notes than another melodic part, its NOTE tokens get a
-    logit bonus of `strength` (nats) when an instrument is being chosen. The header asks;
+    logit bonus of `strength` (nats) when an instrument is being chosen, and melodic
+    instruments the request did not list lose a third of it (still allowed: without --only
+    the model may add a bass to a guitar, but not a whole orchestra). The header asks;
     this nudges; only the masks forbid."""
 
     def __init__(self, tokenizer: Tokenizer, instruments: list[int], *, strength: float,
@@ -139,6 +141,10 @@ class Steering:
         if self.instruments:
             melodic[self.instruments[0]] = False
         self.others = melodic
+        unlisted = torch.ones(len(INSTRUMENTS), dtype=torch.bool)
+        unlisted[self.instruments] = False
+        unlisted[DRUMS.index] = False
+        self.unlisted = unlisted
 
     @property
     def active(self) -> bool:
@@ -152,6 +158,7 @@ class Steering:
             return logits
         bonus = torch.zeros_like(self.counts)
         wanted = self.instruments
+        bonus[:, self.unlisted] -= self.strength / 3  # instruments the request did not list
         bonus[:, wanted] += self.strength * (self.counts[:, wanted] == 0)
         lead = wanted[0]
         behind = self.counts[:, lead] <= self.counts[:, self.others].max(dim=1).values
