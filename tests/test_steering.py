@@ -60,3 +60,14 @@ def test_steer_out_of_range_is_a_usage_error():
 
     with pytest.raises(UsageError):
         Request(steer=-1).validate()
+
+
+def test_sampling_draws_from_the_softmax_of_the_allowed_tokens():
+    from bangercli.sampling import Sampling, sample
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]]).clamp(min=1e-9)).repeat(20000, 1)
+    allowed = torch.tensor([[True, True, True, False]]).repeat(20000, 1)
+    tokens = sample(logits, allowed, Sampling(temperature=1.0, top_p=1.0),
+                    torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    assert torch.allclose(frequencies, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015)
