@@ -116,8 +116,9 @@ def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
-    # An exponential race: argmax of p / Exp(1) is a draw from p (like multinomial, but one
-    # vectorised pass instead of a cumulative search: 4x cheaper per step on a CPU).
+    # An exponential race: argmax of p / Exp(1) is a draw from p. It is what torch's CPU
+    # multinomial does for one sample (same generator draws, same tokens), without its
+    # per-call overhead: about 4x cheaper per step.
     race = torch.empty_like(probs).exponential_(generator=generator)
     return (probs / race).argmax(dim=-1)
 
