@@ -140,10 +140,16 @@ def _play(synth, font: int, message: mido.Message) -> None:
 def write_audio(samples: np.ndarray, path: str | os.PathLike, *, fmt: str,
                 sample_rate: int = SAMPLE_RATE, overwrite: bool = True) -> Path:
     """Write samples as `fmt` atomically (temporary file in the same folder, then rename)."""
+    return atomic_write(path, lambda temporary: encode_audio(samples, temporary, fmt=fmt,
+                                                             sample_rate=sample_rate),
+                        overwrite=overwrite)
+
+
+def encode_audio(samples: np.ndarray, path: str | os.PathLike, *, fmt: str,
+                 sample_rate: int = SAMPLE_RATE) -> None:
+    """Encode samples straight into `path` (callers make it atomic)."""
     import soundfile
 
     if fmt not in AUDIO_FORMATS:
         raise BangerError(f"unknown audio format {fmt!r}", hint=f"choose one of: {', '.join(AUDIO_FORMATS)}")
-    clipped = np.clip(samples, -1.0, 1.0)
-    return atomic_write(path, lambda temporary: soundfile.write(
-        temporary, clipped, sample_rate, format=fmt.upper()), overwrite=overwrite)
+    soundfile.write(path, np.clip(samples, -1.0, 1.0), sample_rate, format=fmt.upper())

@@ -123,10 +123,10 @@ def _write(path: Path, data: bytes, force: bool) -> Path:
 
 
 def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool) -> Path:
-    from .audio import render, write_audio
+    from .audio import encode_audio, render
 
     samples = render(piece.midi, font, end_seconds=piece.seconds)
-    return _commit(path, force, lambda temporary: write_audio(samples, temporary, fmt=fmt))
+    return _commit(path, force, lambda temporary: encode_audio(samples, temporary, fmt=fmt))
 
 
 def _write_piano_roll(piece: Piece, path: Path, force: bool, steps_per_bar: int) -> Path:
