@@ -76,6 +76,17 @@ def rms(samples: np.ndarray) -> float:
 # --- finding the soundfont ---------------------------------------------------------------
 
 
+@needs_fluidsynth
+def test_loading_fluidsynth_prints_nothing_on_stdout(monkeypatch, capsys):
+    """pyfluidsynth announces the library it found when $CI is set; stdout is for results."""
+    import sys
+
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.delitem(sys.modules, "fluidsynth", raising=False)
+    assert audio_module._fluidsynth() is sys.modules["fluidsynth"]
+    assert capsys.readouterr().out == ""
+
+
 def test_an_explicit_soundfont_comes_first(tmp_path, monkeypatch):
     mine = tmp_path / "mine.sf2"
     mine.write_bytes(b"sfbk")

@@ -6,7 +6,9 @@ samples collected, so rendering works on servers and runs faster than realtime.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import mido
@@ -75,8 +77,11 @@ def find_soundfont(explicit: str | os.PathLike | None = None, *, data_dir: Path 
 
 
 def _fluidsynth():
+    # pyfluidsynth prints where it found the library when $CI is set; stdout carries results
+    # (paths or JSON), so anything it says at import goes to stderr instead.
     try:
-        import fluidsynth  # pyfluidsynth: loads libfluidsynth with ctypes at import
+        with contextlib.redirect_stdout(sys.stderr):
+            import fluidsynth  # pyfluidsynth: loads libfluidsynth with ctypes at import
     except (ImportError, OSError):
         raise AudioUnavailable("the FluidSynth library (libfluidsynth) is not installed",
                                hint=INSTALL_HINT) from None
