@@ -124,17 +124,19 @@ def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
 
 
 class Steering:
-    """A gentle push towards the requested band: while a requested instrument has no note
-    yet, or the lead has no more notes than another melodic part, its NOTE tokens get a
-    logit bonus of `strength` (nats) when an instrument is being chosen, and melodic
-    instruments the request did not list lose a third of it (still allowed: without --only
-    the model may add a bass to a guitar, but not a whole orchestra). The header asks;
-    this nudges; only the masks forbid."""
+    """A gentle push towards the requested band: while a requested instrument (or the drums,
+    when asked for) has no note yet, or the lead has no more notes than another melodic
+    part, its NOTE tokens get a logit bonus of `strength` (nats) when an instrument is being
+    chosen, and melodic instruments the request did not list lose a third of it (still
+    allowed: without --only the model may add a bass to a guitar, but not a whole
+    orchestra). The header asks; this nudges; only the masks forbid."""
 
     def __init__(self, tokenizer: Tokenizer, instruments: list[int], *, strength: float,
-                 batch: int, prefix: list[int]) -> None:
+                 batch: int, prefix: list[int], drums: bool | None = None) -> None:
         self.tokenizer = tokenizer
         self.instruments = [i for i in instruments if i != DRUMS.index]
+        # requested and still to be heard: the melodic instruments, and drums when asked for
+        self.wanted = self.instruments + ([DRUMS.index] if drums else [])
         self.strength = strength
         self.counts = torch.zeros(batch, len(INSTRUMENTS))
         for token in prefix:
@@ -152,7 +154,7 @@ class Steering:
 
     @property
     def active(self) -> bool:
-        return self.strength > 0 and bool(self.instruments)
+        return self.strength > 0 and bool(self.wanted)
 
     def apply(self, logits: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         if not self.active:
@@ -161,12 +163,13 @@ class Steering:
         if not bool(choosing.any()):
             return logits
         bonus = torch.zeros_like(self.counts)
-        wanted = self.instruments
-        bonus[:, self.unlisted] -= self.strength / 3  # instruments the request did not list
+        wanted = self.wanted
         bonus[:, wanted] += self.strength * (self.counts[:, wanted] == 0)
-        lead = wanted[0]
-        behind = self.counts[:, lead] <= self.counts[:, self.others].max(dim=1).values
-        bonus[:, lead] += self.strength * behind
+        if self.instruments:
+            bonus[:, self.unlisted] -= self.strength / 3  # instruments the request did not list
+            lead = self.instruments[0]
+            behind = self.counts[:, lead] <= self.counts[:, self.others].max(dim=1).values
+            bonus[:, lead] += self.strength * behind
         bonus *= choosing[:, None]
         start = self.tokenizer.note_offset
         logits = logits.clone()  # decoder outputs are inference tensors: no in-place update

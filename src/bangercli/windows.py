@@ -65,6 +65,7 @@ class WindowSampler:
         seed: int,
         transpose: bool = True,
         revoice: float = 0.0,
+        intro: float = 0.0,
         rank: int = 0,
         weights: np.ndarray | None = None,
     ) -> None:
@@ -74,6 +75,7 @@ class WindowSampler:
         self.seed = seed
         self.transpose = transpose
         self.revoice = revoice
+        self.intro = intro  # share of windows that start at the piece's first note
         self.rank = rank
         lengths = shards.lengths.astype(np.float64)
         # Pieces are drawn in proportion to their length (every token equally likely to be
@@ -112,6 +114,10 @@ class WindowSampler:
         # Crops that fit, plus the first one that runs off the end (so END is seen too).
         last = np.searchsorted(starts, len(piece) - body, side="right")
         start = int(starts[rng.integers(min(last + 1, len(starts)))])
+        if self.intro and rng.random() < self.intro:
+            # Generation starts right after the header, where real pieces start: intros are
+            # sparser than the middles that uniform crops mostly show.
+            start = int(starts[0])
         return np.concatenate((piece[:header], piece[start : start + body]))
 
 
