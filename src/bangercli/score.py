@@ -5,7 +5,8 @@ A `Score` is what the tokenizer sees: notes with onsets and durations in grid st
 level. Reading uses a small Standard MIDI File parser of our own instead of mido's:
 it only builds the events a score needs (about 6x faster than `mido.MidiFile` on the corpus,
 see docs/benchmarks.md) and every malformed byte becomes a `MidiReadError` with the reason,
-never an IndexError from deep inside a parser. Time and memory are bounded by the file size.
+never an IndexError from deep inside a parser. Time and memory are bounded by the file size
+and by MAX_EVENTS and MAX_TRACKS (a 16 MB file reads in seconds, within ~250 MB).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from .instruments import DRUM_CHANNEL, DRUMS, INSTRUMENTS, PROGRAM_TO_CATEGORY
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # larger files are refused unread (Lakh's largest is ~1 MB)
 MAX_QUARTERS = 1 << 17  # an onset later than this (18 hours at 120 bpm) means corrupt delta times
+# Note-ons, program and tempo changes kept while parsing, per file. Each costs ~400 bytes until
+# the score is built, so without a cap a 16 MB file of running-status note-ons (3 bytes each)
+# takes over 1 GB. 2**19 fill a 1.5 MB file (~230 MB to read); the fullest file of the corpus
+# has 11,234 notes, and `banger preprocess` skips more than 30,000 by default.
+MAX_EVENTS = 1 << 19
+# The header counts tracks in 16 bits. More MTrk chunks than that is no MIDI file, and 2 million
+# empty ones (16 MB) would take seconds of per-track overhead to read.
+MAX_TRACKS = 0xFFFF
 DEFAULT_BPM = 120.0
 OUTPUT_TICKS_PER_BEAT = 480
 
@@ -141,6 +150,7 @@ def _parse(data: bytes):
     tempos: list[tuple[int, int]] = []  # (tick, microseconds per beat)
     pos = 8 + header_len
     end = len(data)
+    notes = 0  # note-ons of the tracks so far, for the MAX_EVENTS budget
     while pos + 8 <= end:
         kind = data[pos : pos + 4]
         length = int.from_bytes(data[pos + 4 : pos + 8], "big")
@@ -150,15 +160,22 @@ def _parse(data: bytes):
                 f"truncated: chunk {len(tracks) + 1} claims {length} bytes but {end - body} remain"
             )
         if kind == b"MTrk":
-            tracks.append(_parse_track(data, body, body + length, programs, tempos))
+            if len(tracks) == MAX_TRACKS:
+                raise MidiReadError(f"too many tracks: more than {MAX_TRACKS:,} MTrk chunks")
+            budget = MAX_EVENTS - notes - len(programs) - len(tempos)
+            tracks.append(_parse_track(data, body, body + length, programs, tempos, budget))
+            notes += len(tracks[-1].notes)
         pos = body + length
     if not tracks:
         raise MidiReadError("no tracks in the file")
     return tracks, programs, tempos, ticks_per_beat
 
 
-def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) -> _Track:
-    """Walk one MTrk chunk; collect notes paired on (channel, pitch) first-in first-out."""
+def _parse_track(
+    data: bytes, pos: int, end: int, programs: list, tempos: list, budget: int
+) -> _Track:
+    """Walk one MTrk chunk; collect notes paired on (channel, pitch) first-in first-out.
+    At most `budget` note-ons, program and tempo changes are kept (see MAX_EVENTS)."""
     tick = 0
     status = 0
     open_notes: dict[int, deque[tuple[int, int]]] = {}  # channel*128+pitch -> [(on_tick, velocity)]
@@ -189,6 +206,9 @@ def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) 
                     meta = data[pos]
                     length, pos = _read_vlq(data, pos + 1, end)
                     if meta == 0x51 and length == 3:
+                        budget -= 1
+                        if budget < 0:
+                            raise _too_many_events()
                         tempos.append((tick, int.from_bytes(data[pos : pos + 3], "big")))
                     pos += length
                     if meta == 0x2F:
@@ -211,6 +231,9 @@ def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) 
                 if value > 0x7F:
                     raise MidiReadError("corrupt track: data byte above 127")
                 if kind == 0xC0:
+                    budget -= 1
+                    if budget < 0:
+                        raise _too_many_events()
                     programs.append((tick, channel, value))
                 continue
             first, second = data[pos], data[pos + 1]
@@ -218,6 +241,9 @@ def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) 
             if first > 0x7F or second > 0x7F:
                 raise MidiReadError("corrupt track: data byte above 127")
             if kind == 0x90 and second > 0:
+                budget -= 1
+                if budget < 0:
+                    raise _too_many_events()
                 pending = open_notes.get(channel * 128 + first)
                 if pending is None:  # not setdefault: that builds a deque for every note-on
                     open_notes[channel * 128 + first] = deque(((tick, second),))
@@ -236,6 +262,12 @@ def _parse_track(data: bytes, pos: int, end: int, programs: list, tempos: list) 
         for on_tick, velocity in pending:
             notes.append((on_tick, tick, key >> 7, key & 0x7F, velocity))
     return _Track(notes, tick)
+
+
+def _too_many_events() -> MidiReadError:
+    return MidiReadError(
+        f"too many events: more than {MAX_EVENTS:,} note-ons, program and tempo changes"
+    )
 
 
 def _read_vlq(data: bytes, pos: int, end: int) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import mido
 
 from .errors import BangerError
 from .instruments import DRUMS, INSTRUMENTS, MELODIC
-from .score import DEFAULT_BPM, Grid, Note, Score, normalize, read_score, write_midi
+from .score import DEFAULT_BPM, MAX_QUARTERS, Grid, Note, Score, normalize, read_score, write_midi
 
 TOKENIZER_FORMAT = 1  # bump on any change that alters ids; checkpoints store it
 
@@ -169,7 +169,10 @@ class Tokenizer:
 
     def decode_score(self, ids) -> Score:
         """Notes of any id sequence. Never raises: tokens that break the grammar are
-        skipped and counted in `Score.invalid_tokens`; decoding stops at END."""
+        skipped and counted in `Score.invalid_tokens`; decoding stops at END. A note later
+        than the reader accepts (MAX_QUARTERS) is skipped and counted too, so whatever is
+        decoded reads back: past it, delta times outgrow what a MIDI file can hold."""
+        latest = MAX_QUARTERS * self.config.steps_per_quarter
         notes: list[Note] = []
         invalid = 0
         drums: bool | None = None
@@ -207,8 +210,11 @@ class Tokenizer:
                 duration, velocity = divmod(token - self.durvel_offset, levels)
                 durvel = (duration + 1, velocity)
             elif kind == "note" and durvel is not None:
-                instrument, pitch = divmod(token - self.note_offset, 128)
-                notes.append(Note(time, durvel[0], instrument, pitch, durvel[1]))
+                if time <= latest:
+                    instrument, pitch = divmod(token - self.note_offset, 128)
+                    notes.append(Note(time, durvel[0], instrument, pitch, durvel[1]))
+                else:
+                    invalid += 1  # too late to write, see above
                 durvel = None
             else:
                 invalid += 1
