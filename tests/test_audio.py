@@ -87,9 +87,12 @@ def test_loading_fluidsynth_prints_nothing_on_stdout(monkeypatch, capsys):
     assert capsys.readouterr().out == ""
 
 
+FONT_HEADER = b"RIFF\x04\x00\x00\x00sfbk"  # what check_soundfont looks at
+
+
 def test_an_explicit_soundfont_comes_first(tmp_path, monkeypatch):
     mine = tmp_path / "mine.sf2"
-    mine.write_bytes(b"sfbk")
+    mine.write_bytes(FONT_HEADER)
     monkeypatch.setenv("BANGER_SOUNDFONT", str(tmp_path / "other.sf2"))
     assert find_soundfont(mine) == mine
     with pytest.raises(BangerError, match="does not exist"):
@@ -98,7 +101,7 @@ def test_an_explicit_soundfont_comes_first(tmp_path, monkeypatch):
 
 def test_the_environment_variable_comes_next_and_must_exist(tmp_path, monkeypatch):
     font = tmp_path / "env.sf3"
-    font.write_bytes(b"sfbk")
+    font.write_bytes(FONT_HEADER)
     monkeypatch.setenv("BANGER_SOUNDFONT", str(font))
     assert find_soundfont(data_dir=tmp_path) == font
     monkeypatch.setenv("BANGER_SOUNDFONT", str(tmp_path / "gone.sf2"))
@@ -107,11 +110,23 @@ def test_the_environment_variable_comes_next_and_must_exist(tmp_path, monkeypatc
     assert not isinstance(error.value, AudioUnavailable)  # a mistake to fix, not a missing extra
 
 
+def test_a_file_that_is_no_soundfont_is_refused_before_fluidsynth_sees_it(tmp_path, monkeypatch):
+    junk = tmp_path / "junk.sf2"
+    junk.write_bytes(b"MThd" + bytes(20))
+    with pytest.raises(BangerError, match="no RIFF sfbk header"):
+        find_soundfont(junk)
+    monkeypatch.setenv("BANGER_SOUNDFONT", str(junk))
+    with pytest.raises(BangerError, match="BANGER_SOUNDFONT"):
+        find_soundfont(data_dir=tmp_path)
+    with pytest.raises(BangerError, match="is not a file"):
+        find_soundfont(tmp_path)
+
+
 def test_the_user_data_folder_comes_before_the_system(tmp_path, monkeypatch):
     monkeypatch.delenv("BANGER_SOUNDFONT", raising=False)
     (tmp_path / "soundfonts").mkdir()
     font = tmp_path / "soundfonts" / "a.sf2"
-    font.write_bytes(b"sfbk")
+    font.write_bytes(FONT_HEADER)
     assert find_soundfont(data_dir=tmp_path) == font
 
 

@@ -104,3 +104,38 @@ def test_init_starts_from_a_checkpoint_with_a_fresh_optimizer(corpus, tmp_path):
     assert validations[0] < first.best_val_loss + 0.5
     with pytest.raises(Exception):
         train(corpus, tmp_path / "c", config=quick(max_steps=1, init=str(tmp_path / "nope.safetensors")))
+
+
+def test_intro_windows_start_where_the_piece_starts(corpus):  # noqa: F811
+    """--intro P: that share of windows is the piece's own beginning (header, then its first
+    note), so the model learns how pieces open; the rest stay random crops."""
+    from bangercli.windows import WindowSampler, header_length, note_starts
+
+    shards, tokenizer = Shards(corpus, "train"), Tokenizer()
+
+    def openings(intro: float) -> int:
+        sampler = WindowSampler(shards, tokenizer, seq_len=32, seed=0, transpose=False,
+                                intro=intro)
+        rng, count = np.random.default_rng(0), 0
+        for _ in range(200):
+            index = int(rng.integers(len(shards)))
+            piece = np.asarray(shards[index], dtype=np.int64)
+            window = sampler.window(index, rng)
+            first = note_starts(piece, tokenizer)[0]
+            assert header_length(piece, tokenizer) == first  # the body starts right after
+            count += np.array_equal(window, piece[: len(window)])
+        return count
+
+    assert openings(1.0) == 200
+    assert 60 <= openings(0.5) <= 140
+    assert openings(0.0) < 40  # uniform crops: the opening only by chance
+    with pytest.raises(UsageError):
+        TrainConfig(intro=1.5).validate()
+
+
+@pytest.mark.parametrize("bad", [dict(lr=math.nan), dict(lr=math.inf), dict(epochs=math.inf),
+                                 dict(grad_clip=math.nan), dict(seed=-1), dict(seed=2**32)])
+def test_the_library_refuses_what_the_command_line_refuses(bad):
+    """TrainConfig checks its own values: Python callers get the same one-line errors."""
+    with pytest.raises(UsageError):
+        TrainConfig(**bad).validate()

@@ -176,7 +176,7 @@ def corrupt_prompt(tmp_path) -> Path:
     (["--model", "CORRUPT"], "not a readable banger checkpoint"),
     (["--prompt-bars", 0], "--prompt-bars must be at least 1"),
     (["--bpm", 5], "--bpm must be between 10 and 400"),
-    (["--soundfont", "missing.sf2"], "soundfont missing.sf2 is not a file"),
+    (["--soundfont", "missing.sf2"], "soundfont missing.sf2 does not exist"),
     (["--out", "CORRUPT"], "is not a folder"),
 ], ids=lambda value: "" if isinstance(value, str) else " ".join(map(str, value)))
 def test_bad_options_are_one_error_line_and_write_nothing(cli, out, corrupt_prompt, args,

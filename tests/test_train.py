@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from bangercli.checkpoint import load_model, read_checkpoint
-from bangercli.errors import BangerError, DataError, OutputExistsError
+from bangercli.errors import BangerError, DataError, OutputExistsError, UsageError
 from bangercli.instruments import DRUMS
 from bangercli.model import model_config
 from bangercli.preprocess import PreprocessOptions, preprocess
@@ -274,3 +274,15 @@ def test_out_of_memory_is_one_clear_error_and_writes_nothing(corpus, tmp_path, m
         train(corpus, tmp_path / "run", model_config=tiny(), config=quick())
     assert "--batch-size" in caught.value.hint
     assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_a_cuda_index_the_machine_lacks_is_a_usage_error(monkeypatch):
+    """--device cuda:N is checked against the GPUs there are, not found out at .to(device)."""
+    from bangercli.runtime import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("cuda") == torch.device("cuda")
+    with pytest.raises(UsageError, match="has 2 CUDA device"):
+        pick_device("cuda:2")

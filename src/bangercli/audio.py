@@ -14,7 +14,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from .errors import BangerError
+from .errors import BangerError, UsageError
 from .files import atomic_write
 
 AUDIO_FORMATS = ("mp3", "wav", "flac")
@@ -50,10 +50,7 @@ def find_soundfont(explicit: str | os.PathLike | None = None, *, data_dir: Path 
     """The soundfont to use: `explicit`, then $BANGER_SOUNDFONT, then the user data folder
     (`<data dir>/soundfonts/*.sf2|*.sf3`), then common system locations."""
     if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise BangerError(f"soundfont {path} does not exist", hint="pass a .sf2 or .sf3 file")
-        return path
+        return check_soundfont(Path(explicit).expanduser())
     from_env = os.environ.get("BANGER_SOUNDFONT")
     if from_env:
         path = Path(from_env).expanduser()
@@ -62,7 +59,10 @@ def find_soundfont(explicit: str | os.PathLike | None = None, *, data_dir: Path 
                 f"BANGER_SOUNDFONT points to {path}, which does not exist",
                 hint="fix or unset BANGER_SOUNDFONT",
             )
-        return path
+        try:
+            return check_soundfont(path)
+        except UsageError as err:
+            raise BangerError(f"BANGER_SOUNDFONT: {err}", hint="fix or unset BANGER_SOUNDFONT") from None
     candidates: list[Path] = []
     if data_dir is not None and (data_dir / "soundfonts").is_dir():
         candidates += sorted((data_dir / "soundfonts").glob("*.sf[23]"))
@@ -74,6 +74,25 @@ def find_soundfont(explicit: str | os.PathLike | None = None, *, data_dir: Path 
         if path.is_file():
             return path
     raise AudioUnavailable("no General MIDI soundfont found", hint=INSTALL_HINT)
+
+
+def check_soundfont(path: Path, *, hint: str = "pass a General MIDI .sf2 or .sf3 soundfont"
+                    ) -> Path:
+    """`path` if it is a soundfont: a RIFF file of form "sfbk" (.sf2/.sf3; FluidSynth also
+    reads DLS). Checked before generating, so FluidSynth never prints its own errors after."""
+    if not path.exists():
+        raise UsageError(f"soundfont {path} does not exist", hint=hint)
+    if not path.is_file():
+        raise UsageError(f"soundfont {path} is not a file", hint=hint)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError as err:
+        raise UsageError(f"cannot read soundfont {path}: {err.strerror or err}", hint=hint) from None
+    if head[:4] != b"RIFF" or head[8:12] not in (b"sfbk", b"DLS "):
+        raise UsageError(f"soundfont {path} is not a .sf2/.sf3 file (no RIFF sfbk header)",
+                         hint=hint)
+    return path
 
 
 def _fluidsynth():

@@ -9,8 +9,10 @@ file beside the target and is renamed over it, so a killed process never leaves 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -49,6 +51,7 @@ def save_checkpoint(
 ) -> Path:
     """Write `model` with its configs and training `info` (JSON-able) to `path` atomically.
     `dtype="float16"` halves the file for shipping; loading upcasts to float32."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
@@ -71,7 +74,18 @@ def save_checkpoint(
         "tokenizer": json.dumps(tokenizer_config.to_dict()),
         "training": json.dumps(info or {}),
     }
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def write(temporary: Path) -> None:
+        try:
+            save_file(tensors, str(temporary), metadata=metadata)
+        except SafetensorError as err:  # a full disk arrives as "I/O error: ... (os error 28)"
+            found = re.search(r"\(os error (\d+)\)", str(err))
+            if found is None:  # not the system refusing a write: a bug, keep its traceback
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code)) from None
+
+    return atomic_write(path, write)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -188,8 +202,11 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, *, 
 
 
 def save_training_state(path: str | os.PathLike, state: dict) -> Path:
-    """Optimizer state and counters for --resume (tensors, numbers and strings only)."""
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Optimizer state and counters for --resume (tensors, numbers and strings only).
+    Serialised in memory first: torch's own file writer reports a full disk without its cause."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getbuffer()))
 
 
 def load_training_state(path: str | os.PathLike) -> dict:

@@ -7,7 +7,10 @@ torch is imported inside the commands that need it, so `banger --help` stays ins
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List
 
@@ -16,6 +19,11 @@ from rich.console import Console
 
 from . import __version__
 from .errors import BangerError, UsageError
+
+try:  # typer 0.2x carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_errors
 
 app = typer.Typer(
     name="banger",
@@ -92,8 +100,10 @@ def preprocess(
     from .preprocess import PreprocessOptions
     from .preprocess import preprocess as run
 
-    if workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {workers}")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 0 and {MAX_WORKERS}, got {workers}")
+    check_finite(val_fraction=val_fraction, max_minutes=max_minutes, lead_margin=lead_margin)
+    check_output_folder(out)
     options = PreprocessOptions(
         val_fraction=val_fraction,
         max_notes=max_notes,
@@ -104,12 +114,62 @@ def preprocess(
         keep_drums_only=keep_drums_only,
         trim_silence=trim_silence,
     )
-    with _progress(quiet, "preprocessing") as update:
+    with _progress(quiet, "preprocessing") as update, removed_if_failed(out):
         report = run(sources, out, options=options, workers=workers or None, force=force,
                      progress=update)
     if not quiet:
         _print_preprocess_summary(report)
     print(json.dumps(report.manifest, indent=2) if as_json else str(report.out))
+
+
+MAX_WORKERS = 256  # a typo like -j 10000 must not fork ten thousand processes
+
+
+def check_finite(**values: float | None) -> None:
+    """Refuse nan and inf for float options: they pass `x > 0` checks and then hang or crash."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def check_output_folder(out: Path, flag: str = "--out") -> None:
+    """Refuse an output folder that can never be made, before any work: a file, a file on
+    its path, or a first existing folder that is not writable."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out} is not a folder", hint=f"choose another {flag}")
+    for folder in (out, *out.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise UsageError(f"{flag} {out}: {folder} is a file, not a folder",
+                             hint=f"choose another {flag}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {out}: cannot write in {folder.absolute()}",
+                             hint=f"choose another {flag}")
+        return
+
+
+def check_model_name(model: str) -> None:
+    if not model.strip():
+        raise UsageError("the model name is empty", hint="pass a checkpoint path or a model name")
+
+
+@contextmanager
+def removed_if_failed(out: Path):
+    """A failing command leaves no trace: the folders it created on the way to `out` are
+    removed again, while they are still empty."""
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except FileNotFoundError:  # the command failed before making this one
+                continue
+            except OSError:  # not empty: the command wrote something, keep it
+                break
+        raise
 
 
 def _print_preprocess_summary(report) -> None:
@@ -181,15 +241,40 @@ from . import cli_generate  # noqa: E402,F401  (registers `generate` on `app`)
 
 
 def main() -> None:
-    """Console entry point: turns BangerError into one line on stderr and an exit code."""
+    """Console entry point: a BangerError or a command line click cannot parse becomes one
+    `error:` line on stderr and an exit code; anything else keeps its traceback (a bug)."""
     try:
-        app()
+        code = app(prog_name="banger", standalone_mode=False)  # also under `python -m`
     except BangerError as err:
-        message = f"error: {err.message}"
-        if err.hint:
-            message += f" (hint: {err.hint})"
-        print(message, file=sys.stderr)
-        sys.exit(err.exit_code)
+        _fail(err.message, err.hint, err.exit_code)
+    except click_errors.ClickException as err:
+        if isinstance(err, getattr(click_errors, "NoArgsIsHelpError", ())):  # plain `banger`
+            err.show()  # the help, as click shows it
+            sys.exit(err.exit_code)
+        _fail(_click_message(err), _click_hint(err), err.exit_code)
+    except typer.Abort:
+        _fail("aborted", None, 1)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", None, 130)
+    except BrokenPipeError:  # `banger instruments | head -1`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n
+
+
+def _fail(message: str, hint: str | None, exit_code: int) -> None:
+    """Print ``error: MESSAGE (hint: HINT)`` as exactly one line on stderr and exit."""
+    line = f"error: {message}" + (f" (hint: {hint})" if hint else "")
+    print(" ".join(line.splitlines()), file=sys.stderr)  # a path or OS message may hold one
+    sys.exit(exit_code)
+
+
+def _click_message(err: click_errors.ClickException) -> str:
+    """click's message in the house form: "Missing option '--out'." -> "missing option '--out'"."""
+    message = " ".join(err.format_message().splitlines()).rstrip(".")
+    return message[:1].lower() + message[1:]
+
+
+def _click_hint(err: click_errors.ClickException) -> str | None:
+    ctx = getattr(err, "ctx", None)
+    return f"see `{ctx.command_path} --help`" if ctx is not None else None

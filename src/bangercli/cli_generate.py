@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import secrets
+import string
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cli import _progress, app, stderr
-from .errors import UsageError
+from .cli import (
+    _progress, app, check_finite, check_model_name, check_output_folder, removed_if_failed, stderr,
+)
+from .errors import MidiReadError, UsageError
 
 AUDIO_CHOICES = ("mp3", "wav", "flac", "none")
+DEFAULT_BARS = 16
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 
 
 @app.command()
@@ -23,7 +30,8 @@ def generate(
     only: bool = typer.Option(False, "--only", help="Only the listed instruments (plus drums when on)."),
     drums: Optional[bool] = typer.Option(None, "--drums/--no-drums",
                                          help="Drums on or off (default: the model chooses)."),
-    bars: int = typer.Option(16, "--bars", help="Length in 4/4 bars (after the prompt)."),
+    bars: Optional[int] = typer.Option(None, "--bars",
+                                       help="Length in 4/4 bars (after the prompt) [16]."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Length in tokens instead of bars."),
     variants: int = typer.Option(1, "--variants", "-n", help="How many pieces to generate."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
@@ -52,34 +60,42 @@ def generate(
 ) -> None:
     """Generate new multitrack MIDI files (and audio previews) with a model."""
     from .generate import Request
-    from .output import check_template
     from .sampling import Sampling
 
+    check_finite(temperature=temperature, top_p=top_p, steer=steer, bpm=bpm)
+    check_model_name(model)
     if audio not in AUDIO_CHOICES:
         raise UsageError(f"unknown --audio {audio!r}", hint=f"choose one of: {', '.join(AUDIO_CHOICES)}")
     if prompt is not None and not prompt.is_file():
         raise UsageError(f"prompt {prompt} is not a file", hint="pass a .mid file to --prompt")
-    if soundfont is not None and not soundfont.is_file():
-        raise UsageError(f"soundfont {soundfont} is not a file", hint="pass a .sf2 or .sf3 file")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is not a folder")
-    check_template(name)
+    if soundfont is not None:
+        from .audio import check_soundfont
+
+        check_soundfont(soundfont)
+    check_output_folder(out)
     request = Request(
-        instruments=tuple(instrument), only=only, drums=drums, bars=None if tokens else bars,
+        instruments=tuple(instrument), only=only, drums=drums,
+        bars=None if tokens else (DEFAULT_BARS if bars is None else bars),
         tokens=tokens, variants=variants, seed=secrets.randbelow(1_000_000) if seed is None else seed,
         bpm=bpm, prompt=prompt, prompt_bars=prompt_bars, steer=steer,
         sampling=Sampling(temperature=temperature, top_p=top_p, top_k=top_k),
     )
     request.validate()
+    if bars is not None and tokens is not None:
+        raise UsageError("--bars and --tokens contradict each other", hint="give one length")
+    if prompt_bars is not None and prompt is None:
+        raise UsageError("--prompt-bars needs a --prompt")
+    _check_name(name, request)
     pieces, steps_per_bar = _generate(model, request, quiet)
 
     from .output import save_pieces
 
     warn = (lambda message: None) if quiet else (
         lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
-    saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
-                        soundfont=soundfont, piano_roll=piano_roll, force=force,
-                        steps_per_bar=steps_per_bar, warn=warn)
+    with removed_if_failed(out):
+        saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
+                            soundfont=soundfont, piano_roll=piano_roll, force=force,
+                            steps_per_bar=steps_per_bar, warn=warn)
     for record in saved:
         print(json.dumps(record.to_json()) if as_json else str(record.midi), flush=True)
 
@@ -90,5 +106,32 @@ def _generate(model_name: str, request, quiet: bool):
 
     banger = load_model(model_name)
     with _progress(quiet, "generating") as update:
-        pieces = run(banger, request, progress=update)
+        try:
+            pieces = run(banger, request, progress=update)
+        except MidiReadError as err:  # only the prompt is read: say which file is broken
+            raise MidiReadError(f"--prompt {request.prompt}: {err.message}",
+                                hint=err.hint) from None
     return pieces, banger.tokenizer.config.steps_per_bar
+
+
+def _check_name(template: str, request) -> None:
+    """Refuse a --name that cannot name a file, before any work: unknown fields or folders
+    (check_template), a format spec that fails or is absurdly wide, or a name too long."""
+    from .generate import Piece
+    from .instruments import INSTRUMENTS
+    from .output import check_template, stem_of
+
+    check_template(template)
+    specs = [spec or "" for _, field, spec, _ in string.Formatter().parse(template) if field]
+    if any(len(digits) > 3 for spec in specs for digits in re.findall(r"[0-9]+", spec)):
+        raise UsageError(f"--name {template!r}: a field width is too large")
+    melodic = [inst.name for inst in INSTRUMENTS if not inst.is_drums]
+    longest = Piece(ids=[], notes=[], instruments=melodic, drums=False, bars=9999, bpm=400.0,
+                    seed=request.seed, midi=None)  # the longest name the template can make
+    try:
+        stem = stem_of(template, longest, request.variants)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"bad --name template {template!r}: {err}") from None
+    # ".<stem>.flac.<pid>.XXXXXXXX.part" is the longest name written (files.atomic_write)
+    if len(os.fsencode(stem)) + len(".flac") + 32 > NAME_MAX:
+        raise UsageError(f"--name {template!r} makes file names longer than {NAME_MAX} bytes")

@@ -13,7 +13,9 @@ from typing import Optional
 
 import typer
 
-from .cli import app, stderr
+from .cli import (
+    app, check_finite, check_model_name, check_output_folder, removed_if_failed, stderr,
+)
 from .errors import UsageError
 
 
@@ -37,6 +39,8 @@ def train(
     ),
     revoice: Optional[float] = typer.Option(
         None, help="Share of windows re-voiced onto other instrument families [0]."),
+    intro: Optional[float] = typer.Option(
+        None, help="Share of windows that start at the piece's beginning [0]."),
     mix: Optional[str] = typer.Option(
         None, help="Sampling weights by source folder, e.g. freedoom=4,groove=0.5 [all 1]."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, windows, augmentation [0]."),
@@ -66,26 +70,22 @@ def train(
     options = dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                    warmup_steps=warmup_steps, val_every=val_every, val_windows=val_windows,
                    save_every=save_every, transpose=transpose, seed=seed, device=device,
-                   schedule=schedule, revoice=revoice, mix=mix, init=init,
+                   schedule=schedule, revoice=revoice, intro=intro, mix=mix, init=init,
                    compile=compile)
     fields = dict(seq_len=seq_len, dim=dim, depth=depth, heads=heads, dim_head=dim_head,
                   ff_mult=ff_mult, dropout=dropout)
-    if resume and force:
-        raise UsageError("--resume and --force contradict each other")
-    if resume or init:
-        given = [f"--{k.replace('_', '-')}" for k, v in {**fields, "preset": preset}.items()
-                 if v is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} cannot be given with --resume or --init",
-                             hint="the model comes from the checkpoint")
-        if not (out / "last.safetensors").exists():
-            raise UsageError(f"nothing to resume in {out} (no last.safetensors)",
-                             hint="drop --resume to start a new run")
+    _check_train_options(out, options, fields, preset=preset, resume=resume, force=force)
+    if resume:
         config, model = resume_config(out, **options), None
     else:
         config = replace(TrainConfig(), **{k: v for k, v in options.items() if v is not None})
-        model = model_config(preset or "seed", **fields)
-    with _TrainProgress(quiet) as progress:
+        model = None if init else model_config(preset or "seed", **fields)
+    if mix:  # before train() clears an old run away with --force (train.py checks it later)
+        from .shards import Shards
+        from .train import mix_weights
+
+        mix_weights(Shards(data_dir, "train"), mix)
+    with _TrainProgress(quiet) as progress, removed_if_failed(out):
         result = run(data_dir, out, model_config=model, config=config, resume=resume,
                      force=force, callback=progress)
     if result.rank != 0:
@@ -96,6 +96,31 @@ def train(
                      f"{result.seconds:.0f} s, {result.tokens_per_s:,.0f} tokens/s; "
                      f"best validation loss {best}", soft_wrap=True)
     print(result.best)
+
+
+def _check_train_options(out: Path, options: dict, fields: dict, *, preset: str | None,
+                         resume: bool, force: bool) -> None:
+    """Refuse contradictory or impossible options before any work."""
+    check_finite(**{k: options.get(k) for k in ("epochs", "lr", "revoice", "intro")},
+                 dropout=fields["dropout"])
+    seed = options["seed"]
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be between 0 and 2**32 - 1, got {seed}")
+    check_output_folder(out)
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other")
+    if resume and options["init"]:
+        raise UsageError("--resume and --init contradict each other",
+                         hint="--resume continues the run in --out with its own weights")
+    if resume or options["init"]:
+        given = [f"--{k.replace('_', '-')}" for k, v in {**fields, "preset": preset}.items()
+                 if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot be given with --resume or --init",
+                             hint="the model comes from the checkpoint")
+    if resume and not (out / "last.safetensors").exists():
+        raise UsageError(f"nothing to resume in {out} (no last.safetensors)",
+                         hint="drop --resume to start a new run")
 
 
 class _TrainProgress:
@@ -165,11 +190,17 @@ def evaluate(
     from .cli import _progress
     from .evaluate import evaluate as run
     from .runtime import pick_device
+    from .shards import SPLITS
 
     if batch_size < 1 or (max_pieces is not None and max_pieces < 1):
         raise UsageError("--batch-size and --max-pieces must be >= 1")
     if samples < 0 or bars < 1:
         raise UsageError("--samples must be >= 0 and --bars >= 1")
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
+    if split not in SPLITS:
+        raise UsageError(f"unknown --split {split!r}", hint=f"choose one of: {', '.join(SPLITS)}")
+    check_model_name(model)
     banger = load_model(model, device=str(pick_device(device)))
     with _progress(quiet, "evaluating") as update:
         result = run(banger, data_dir, split=split, batch_size=batch_size, max_pieces=max_pieces,
@@ -224,7 +255,8 @@ def _print_music(music: dict) -> None:
     for name, row in music["conditions"].items():
         adherence.add_row(name, *(cell(row.get(c), True) for c in checks))
     stderr.print(adherence)
-    metrics = Table(title="musical metrics (means)")
+    metrics = Table(title=f"musical metrics (means): {music.get('matched_pieces', 0)} real "
+                    "pieces and pieces generated from their headers")
     for column in ("metric", "generated", "real", "generated / real"):
         metrics.add_column(column, justify="left" if column == "metric" else "right")
     for name, value in music["generated"].items():

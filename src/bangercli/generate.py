@@ -1,9 +1,11 @@
 """Generation: a musician's request in, pieces (notes, ids, MIDI) out. Writes no files.
 
 The header (drums flag, instruments with the lead first) conditions the model; the masks
-of `sampling.Grammar` enforce the request. Variants are generated as one batch. When the
-context reaches the model's training window, it is rebuilt as the header plus the most
-recent notes, which is exactly the shape of the windows the model was trained on.
+of `sampling.Grammar` enforce the request. Variants are generated in batches of at most
+`MAX_BATCH` rows (one seeded generator runs through them), so memory does not grow with
+`--variants` and a slow row holds up only its own batch. When the context reaches the
+model's training window, it is rebuilt as the header plus the most recent notes, which is
+exactly the shape of the windows the model was trained on.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Request:
     drums: bool | None = None  # drums on/off; None = the model chooses
     bars: int | None = 16  # length in 4/4 bars after the prompt; the piece ends on the bar line
     tokens: int | None = None  # or: length in generated tokens (then `bars` is ignored)
-    variants: int = 1  # pieces generated together in one batch
+    variants: int = 1  # pieces, generated MAX_BATCH at a time
     seed: int = 0  # same seed and options -> same pieces
     bpm: float | None = None  # tempo; None = the prompt's, or 120
     prompt: str | os.PathLike | None = None  # a MIDI file to continue
@@ -131,19 +133,32 @@ def generate(banger, request: Request, *, progress: Callable[[int, int], None] |
         header.append(Tokenizer.DRUMS_ON if drums else Tokenizer.DRUMS_OFF)
     header += [tokenizer.instrument_token(i) for i in instruments]
     limit = None if request.tokens else start + request.bars * steps_per_bar
-    rows = _sample(banger, request, header + prompt_ids, drums=drums, instruments=instruments,
-                   start=start, limit=limit, progress=progress)
-    return [_piece(tokenizer, row, limit, bpm, request.seed) for row in rows]
+    generator = torch.Generator().manual_seed(request.seed)
+    batches = range(0, request.variants, MAX_BATCH)
+    pieces = []
+    for number, first in enumerate(batches):
+        report = progress and (lambda done, total, number=number:  # one bar over all batches
+                               progress(number * total + done, len(batches) * total))
+        rows = _sample(banger, request, header + prompt_ids, drums=drums, instruments=instruments,
+                       start=start, limit=limit, progress=report, generator=generator,
+                       batch=min(MAX_BATCH, request.variants - first))
+        pieces += [_piece(tokenizer, row, limit, bpm, request.seed) for row in rows]
+    return pieces
+
+
+# Most rows decoded together. The KV cache and the re-window prefill grow with the batch
+# (about 8.5 MB a row at peak for the default model), and a batch runs until its slowest row
+# ends: -n 64 in one batch peaked at 1.1 GB, in batches of 16 at 546 MB (docs/benchmarks.md).
+MAX_BATCH = 16
 
 
 def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
-            instruments: list[int], start: int, limit: int | None, progress) -> list[list[int]]:
+            instruments: list[int], start: int, limit: int | None, progress,
+            generator: torch.Generator, batch: int) -> list[list[int]]:
     tokenizer: Tokenizer = banger.tokenizer
-    batch = request.variants
     allowed = set(instruments) if request.only else None
     on = Grammar(tokenizer, allowed_instruments=allowed, drums=True)
     off = Grammar(tokenizer, allowed_instruments=allowed, drums=False)
-    generator = torch.Generator().manual_seed(request.seed)
     decoder = fast_decoder(banger)
     window = banger.config.seq_len
 
@@ -168,7 +183,8 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
     header_len = torch.tensor([_header_length(tokenizer, row) for row in rows])
 
     logits = _rewindow(decoder, rows, header_len, window, tokenizer)
-    steering = Steering(tokenizer, instruments, strength=request.steer, batch=batch, prefix=prefix)
+    steering = Steering(tokenizer, instruments, strength=request.steer, batch=batch, prefix=prefix,
+                        drums=drums)
     produced = 0
     chord = torch.zeros(batch, dtype=torch.long)  # notes so far at each row's current onset
     while not bool(done.all()):

@@ -2,8 +2,9 @@
 
 Each file is written to a temporary name in the target folder and then linked to its final
 name, which fails if that name exists: two `banger generate` runs writing into one folder
-cannot overwrite each other's files, and a killed run leaves no partial file under a final
-name. With `force`, the final rename replaces an existing file instead.
+cannot overwrite each other's files (a run that loses a name to another fails and removes
+the files it wrote), and a killed run leaves no partial file under a final name. With
+`force`, the final rename replaces an existing file instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BangerError, OutputExistsError, UsageError
-from .files import atomic_write
+from .files import atomic_write, remove_stale_parts
 from .generate import Piece
 
 TEMPLATE_FIELDS = ("lead", "instruments", "drums", "seed", "n", "bars", "bpm")
@@ -80,6 +81,7 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
     except OSError as err:
         raise BangerError(f"cannot create {out_dir}: {err.strerror or err}",
                           hint="choose a writable --out folder") from None
+    remove_stale_parts(out_dir)  # temporary files of a killed run
     stems = [stem_of(template, piece, n) for n, piece in enumerate(pieces, 1)]
     if len(set(stems)) != len(stems):
         raise UsageError(f"--name {template!r} gives several pieces the same name",
@@ -93,17 +95,37 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
                                             hint="pass --force to overwrite, or another --seed/--name")
     font = _soundfont_or_warn(soundfont, warn) if audio else None
     saved = []
-    for stem, piece in zip(stems, pieces):
-        buffer = io.BytesIO()
-        piece.midi.save(file=buffer)
-        record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(), force))
-        if font is not None:
-            record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio, force)
-        if piano_roll:
-            record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png", force,
-                                                  steps_per_bar)
-        saved.append(record)
+    written: list[tuple[Path, int]] = []  # (file, inode) this call created
+    try:
+        for stem, piece in zip(stems, pieces):
+            buffer = io.BytesIO()
+            piece.midi.save(file=buffer)
+            record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(), force))
+            written.append((record.midi, record.midi.stat().st_ino))
+            if font is not None:
+                record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio, force)
+                written.append((record.audio, record.audio.stat().st_ino))
+            if piano_roll:
+                record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png", force,
+                                                      steps_per_bar)
+                written.append((record.piano_roll, record.piano_roll.stat().st_ino))
+            saved.append(record)
+    except OutputExistsError:
+        # another run took one of our names after the check above: this run fails, and like a
+        # run stopped by that check it leaves none of its files (stdout never named them)
+        _remove_own(written)
+        raise
     return saved
+
+
+def _remove_own(written: list[tuple[Path, int]]) -> None:
+    """Remove files this run created, unless a --force run has replaced one since."""
+    for path, inode in written:
+        try:
+            if path.stat().st_ino == inode:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def _soundfont_or_warn(soundfont, warn):
@@ -126,7 +148,16 @@ def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool) -> Path:
     from .audio import encode_audio, render
 
     samples = render(piece.midi, font, end_seconds=piece.seconds)
-    return _commit(path, force, lambda temporary: encode_audio(samples, temporary, fmt=fmt))
+
+    def encode(temporary: Path) -> None:
+        try:
+            encode_audio(samples, temporary, fmt=fmt)
+        except RuntimeError as err:  # libsndfile says only "system error" (2) for a full disk
+            if getattr(err, "code", None) != 2:
+                raise
+            raise OSError(f"the audio encoder could not write ({err})") from None
+
+    return _commit(path, force, encode)
 
 
 def _write_piano_roll(piece: Piece, path: Path, force: bool, steps_per_bar: int) -> Path:
@@ -138,11 +169,8 @@ def _write_piano_roll(piece: Piece, path: Path, force: bool, steps_per_bar: int)
 
 def _commit(path: Path, force: bool, write: Callable[[Path], object]) -> Path:
     """Write through `write(temporary)`, then give it its final name (never clobbering
-    another file unless `force`)."""
+    another file unless `force`). A full disk or read-only folder raises a WriteError."""
     try:
         return atomic_write(path, write, overwrite=force)
     except OutputExistsError as err:
         raise OutputExistsError(str(err), hint="pass --force to overwrite, or another --seed/--name") from None
-    except OSError as err:
-        raise BangerError(f"cannot write {path}: {err.strerror or err}",
-                          hint="check the --out folder is writable and the disk has room") from None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import BangerError, DataError, MidiReadError, OutputExistsError, UsageError
-from .files import atomic_write
+from .files import atomic_write, process_alive, writing
 from .instruments import DRUMS, INSTRUMENTS
 from .score import MAX_FILE_BYTES, Score
 from .shards import DATA_FORMAT, DATA_FORMAT_VERSION, ShardWriter
@@ -177,6 +177,7 @@ def preprocess(
     """Build a data directory at `out` from the MIDI files under `sources`."""
     options.validate()
     out = Path(out)
+    _clear_killed_runs(out)  # first: it may put back the data set a killed --force run moved
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
     if out.exists() and any(out.iterdir()) and not force:
@@ -191,21 +192,21 @@ def preprocess(
     report = PreprocessReport(out=out, found=len(files))
     started = time.perf_counter()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    staging.mkdir()
     try:
-        _build(staging, files, options, config, workers, report, progress)
-        report.seconds = time.perf_counter() - started
-        if sum(report.kept.values()) == 0:
-            reasons = ", ".join(f"{n} {r}" for r, n in report.skipped.most_common())
-            raise DataError(
-                f"no file was kept out of {len(files)} ({reasons})",
-                hint="check the inputs, or relax the filters (see `banger preprocess --help`)",
-            )
-        _write_json(staging / "manifest.json", report.manifest)
-        _swap_into_place(staging, out)
+        with writing(out):  # a full disk or a read-only folder: one clear error, out untouched
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+            _build(staging, files, options, config, workers, report, progress)
+            report.seconds = time.perf_counter() - started
+            if sum(report.kept.values()) == 0:
+                reasons = ", ".join(f"{n} {r}" for r, n in report.skipped.most_common())
+                raise DataError(
+                    f"no file was kept out of {len(files)} ({reasons})",
+                    hint="check the inputs, or relax the filters (see `banger preprocess --help`)",
+                )
+            _write_json(staging / "manifest.json", report.manifest)
+            _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
@@ -238,6 +239,8 @@ def _build(staging, files, options, config, workers, report, progress) -> None:
                 report.kept[split] += 1
             if progress:
                 progress(done, len(files))
+        handle.flush()
+        os.fsync(handle.fileno())
     splits = {split: writer.close() for split, writer in writers.items()}
     report.notes = sum(s["notes"] for s in splits.values())
     report.tokens = sum(s["tokens"] for s in splits.values())
@@ -264,22 +267,21 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-def _remove_stale_staging(out: Path) -> None:
-    """Staging and old directories left by killed runs (their process is gone)."""
-    for stale in out.parent.glob(f".{out.name}.*-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+def _clear_killed_runs(out: Path) -> None:
+    """Tidy up after runs that were killed (their process is gone): remove their staging
+    directories, and put back a previous data set that a --force run had moved aside when
+    it was killed before moving its own into place."""
+    for stale in sorted(out.parent.glob(f".{out.name}.*-*")):
+        kind, _, pid = stale.name[len(out.name) + 2 :].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and process_alive(int(pid)):  # our own pid: reused, so stale
+            continue
+        if kind == "old" and not out.exists():
+            with writing(out):
+                os.replace(stale, out)
+        else:
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

@@ -74,10 +74,15 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "cpu" or not cuda:
         return torch.device("cpu")
     try:
-        return torch.device("cuda" if device == "auto" else device)
+        chosen = torch.device("cuda" if device == "auto" else device)
     except RuntimeError:
         raise UsageError(f"unknown device {device!r}",
                          hint="use auto, cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count()
+    if chosen.index is not None and chosen.index >= count:
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s)",
+                         hint=f"use cuda:0 .. cuda:{count - 1}")
+    return chosen
 
 
 def setup_runtime(device: str = "auto") -> Runtime:

@@ -47,11 +47,15 @@ class ShardWriter:
         self._pieces.write(json.dumps(info, ensure_ascii=False) + "\n")
 
     def close(self) -> dict:
-        for handle in (self._tokens, self._pieces):
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-        np.save(self.directory / f"{self.split}.index.npy", np.asarray(self.offsets, dtype=np.int64))
+        try:  # on disk before the data directory is renamed into place
+            with open(self.directory / f"{self.split}.index.npy", "wb") as index:
+                np.save(index, np.asarray(self.offsets, dtype=np.int64))
+                for handle in (self._tokens, self._pieces, index):
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        finally:
+            self._tokens.close()
+            self._pieces.close()
         return {"pieces": len(self.offsets) - 1, "tokens": self.offsets[-1], "notes": self.notes}
 
 

@@ -2,8 +2,11 @@
 
 A run directory holds ``last.safetensors`` (written every `save_every` steps and on Ctrl-C),
 ``last.optim.pt`` (optimizer state for --resume), ``best.safetensors`` (written when the
-validation loss improves), ``metrics.jsonl`` and ``curves.png``. Batches are a pure function
-of (seed, step), so a resumed run continues exactly where the interrupted one stopped.
+validation loss improves), ``metrics.jsonl`` and ``curves.png``. Every file is written whole
+or not at all, and the optimizer state of a save is written before the weights and given its
+name after them (see `Trainer._save_last`): a run killed at any moment resumes from its last
+complete save. Batches are a pure function of (seed, step), so a resumed run continues
+exactly where the interrupted one stopped.
 Runs on one CPU or GPU, on all visible GPUs with DataParallel, or under `torchrun` with
 DistributedDataParallel (only rank 0 writes files).
 """
@@ -27,7 +30,7 @@ from .checkpoint import (
     check_tokenizer, load_model, load_training_state, read_checkpoint, save_checkpoint, save_training_state,
 )
 from .errors import BangerError, DataError, OutputExistsError, UsageError
-from .files import atomic_write
+from .files import WriteError, atomic_write, remove_stale_parts, writing
 from .evaluate import field_table, score_windows
 from .model import ModelConfig, NextTokenLoss, build_model, count_parameters
 from .runtime import setup_runtime, wrap_model
@@ -35,7 +38,8 @@ from .shards import Shards, manifest_hash
 from .tokenizer import Tokenizer, TokenizerConfig
 from .windows import WindowSampler, piece_windows
 
-RUN_FILES = ("last.safetensors", "last.optim.pt", "best.safetensors", "metrics.jsonl", "curves.png")
+RUN_FILES = ("last.safetensors", "last.optim.pt", "best.safetensors", "metrics.jsonl", "curves.png",
+             "last.optim.next.pt")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class TrainConfig:
     schedule: str = "cosine"  # learning rate after warm-up: "cosine" (down to 10%) or "constant"
     transpose: bool = True  # shift melodic notes by a random -5..+6 semitones per window
     revoice: float = 0.0  # share of windows whose melodic parts move to other instrument families
+    intro: float = 0.0  # share of windows that start at the piece's beginning (not a random crop)
     mix: str = ""  # sampling weights by source path, e.g. "freedoom=4,groove=0.5" (default 1)
     init: str = ""  # start from these weights (checkpoint path or model name), fresh optimizer
     seed: int = 0  # seeds the initial weights, window sampling and augmentation
@@ -65,6 +70,10 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        if not all(math.isfinite(v) for v in (self.epochs, self.lr, self.grad_clip)):
+            raise UsageError("--epochs, --lr and --grad-clip must be finite numbers")
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
         if self.epochs <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise UsageError("--epochs and --lr must be positive, "
                              "--warmup-steps and --grad-clip >= 0")
@@ -72,6 +81,8 @@ class TrainConfig:
             raise UsageError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if not 0.0 <= self.revoice <= 1.0:
             raise UsageError(f"--revoice must be in [0, 1], got {self.revoice}")
+        if not 0.0 <= self.intro <= 1.0:
+            raise UsageError(f"--intro must be in [0, 1], got {self.intro}")
         parse_mix(self.mix)
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
@@ -161,12 +172,17 @@ def train(
 ) -> TrainResult:
     """Train on DATA_DIR (made by `banger preprocess`), writing checkpoints to RUN_DIR.
     `callback` receives every event as a dict: start, train, validation, checkpoint."""
-    trainer = Trainer(Path(data_dir), Path(run_dir), model_config or ModelConfig(),
-                      config.validate(), resume=resume, force=force, callback=callback)
     try:
-        return trainer.run()
-    finally:
-        trainer.runtime.close()
+        trainer = Trainer(Path(data_dir), Path(run_dir), model_config or ModelConfig(),
+                          config.validate(), resume=resume, force=force, callback=callback)
+        try:
+            return trainer.run()
+        finally:
+            trainer.runtime.close()
+    except WriteError as err:  # full disk, read-only folder: say how to go on afterwards
+        if (Path(run_dir) / "last.safetensors").exists():
+            err.hint = f"{err.hint}, then continue the run with --resume"
+        raise
 
 
 class Trainer:
@@ -206,7 +222,8 @@ class Trainer:
             self._load_optimizer()
         self.sampler = WindowSampler(self.train_data, self.tokenizer, seq_len=model_config.seq_len,
                                      seed=config.seed, transpose=config.transpose,
-                                     revoice=config.revoice, rank=self.runtime.rank,
+                                     revoice=config.revoice, intro=config.intro,
+                                     rank=self.runtime.rank,
                                      weights=mix_weights(self.train_data, config.mix))
         self.val_windows = self._validation_windows()
         self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=self.runtime.main)
@@ -217,23 +234,28 @@ class Trainer:
     def _check_run_dir(self, resume: bool, force: bool) -> None:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise OutputExistsError(f"{self.run_dir} is a file", hint="choose another --out")
-        if resume:
-            if not (self.run_dir / "last.safetensors").exists():
-                raise BangerError(f"nothing to resume in {self.run_dir} (no last.safetensors)",
-                                  hint="drop --resume to start a new run")
-            return
         existing = [name for name in RUN_FILES[:3] if (self.run_dir / name).exists()]
-        if existing and not force:
+        resumable = "last.safetensors" in existing
+        if resume and not resumable:
+            # killed before its first complete save: there is nothing to continue
+            raise BangerError(f"nothing to resume in {self.run_dir} (no last.safetensors)",
+                              hint="start the run again with --force" if existing
+                              else "drop --resume to start a new run")
+        if existing and not resume and not force:
             raise OutputExistsError(
                 f"{self.run_dir} already holds a training run ({', '.join(existing)})",
-                hint="pass --resume to continue it or --force to start over",
+                hint="pass --resume to continue it or --force to start over" if resumable
+                else "it has no last.safetensors to resume from: pass --force to start over",
             )
+        if self.runtime.main and self.run_dir.is_dir():
+            remove_stale_parts(self.run_dir)  # temporary files of a killed run
 
     def _clear_run_dir(self) -> None:
         if self.runtime.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for name in RUN_FILES:
-                (self.run_dir / name).unlink(missing_ok=True)
+            with writing(self.run_dir):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                for name in RUN_FILES:
+                    (self.run_dir / name).unlink(missing_ok=True)
         self.runtime.barrier()
 
     def _load_last(self, tokenizer_config: TokenizerConfig):
@@ -252,14 +274,20 @@ class Trainer:
         return model, config
 
     def _load_optimizer(self) -> None:
-        state = load_training_state(self.run_dir / "last.optim.pt")
-        if state.get("step") != self.info["step"]:
-            raise BangerError(
-                f"{self.run_dir}: last.optim.pt (step {state.get('step')}) does not match "
-                f"last.safetensors (step {self.info['step']})",
-                hint="the run was killed while saving; start again with --force",
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
+        """The optimizer state saved with last.safetensors: last.optim.pt, or the newer
+        last.optim.next.pt when the run was killed after the weights but before its rename."""
+        found = []
+        for name in ("last.optim.pt", "last.optim.next.pt"):
+            if (self.run_dir / name).exists():
+                state = load_training_state(self.run_dir / name)
+                if state.get("step") == self.info["step"]:
+                    self.optimizer.load_state_dict(state["optimizer"])
+                    return
+                found.append(f"{name} is from step {state.get('step')}")
+        raise BangerError(
+            f"{self.run_dir}: no optimizer state for step {self.info['step']} of "
+            f"last.safetensors ({', '.join(found) or 'last.optim.pt is missing'})",
+            hint="start again with --force")
 
     def _check_batch(self) -> None:
         c, world = self.config, self.runtime.world
@@ -396,14 +424,22 @@ class Trainer:
             self._emit("checkpoint", step=done, path=str(path))
 
     def _save_last(self, done: int) -> None:
+        """Optimizer state under a temporary name, then the weights, then the state's real
+        name. Killed before the weights land, the previous pair stays; killed after, resume
+        finds the state under its temporary name. No kill loses more than this save."""
         if self.runtime.main:
-            # optimizer first: a kill between the two writes is caught by the step check on resume
-            save_training_state(self.run_dir / "last.optim.pt",
+            save_training_state(self.run_dir / "last.optim.next.pt",
                                 {"step": done, "optimizer": self.optimizer.state_dict()})
         self._save("last.safetensors", done)
+        if self.runtime.main:
+            self._commit_optimizer_state()
         if len(self.val_data) == 0 and self.runtime.main:  # nothing to validate on: best = last
             save_checkpoint(self.run_dir / "best.safetensors", self.model, config=self.model_config,
                             tokenizer_config=self.tokenizer.config, info=self.info)
+
+    def _commit_optimizer_state(self) -> None:
+        with writing(self.run_dir / "last.optim.pt"):
+            os.replace(self.run_dir / "last.optim.next.pt", self.run_dir / "last.optim.pt")
 
     def _emit(self, event: str, **values) -> None:
         if event in ("train", "validation"):
@@ -451,19 +487,28 @@ class MetricsLog:
 
     def write(self, point: dict) -> None:
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as handle:
+            with writing(self.path), open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({**point, "time": round(time.time(), 3)}) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop points logged after `step` (a resumed run logs them again)."""
+        """Drop points logged after `step` (a resumed run logs them again), and a line that
+        a full disk cut short."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [json.dumps(p) for p in read_points(self.path) if p.get("step", 0) <= step]
         text = "".join(line + "\n" for line in keep)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, self.path)
+        atomic_write(self.path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def read_points(metrics: Path) -> list[dict]:
+    """The points of a metrics.jsonl, skipping a line that is not whole JSON (cut short)."""
+    points = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            points.append(json.loads(line))
+        except ValueError:
+            continue
+    return [point for point in points if isinstance(point, dict)]
 
 
 def write_curves(metrics: Path, png: Path) -> bool:
@@ -479,7 +524,7 @@ def write_curves(metrics: Path, png: Path) -> bool:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    points = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line]
+    points = read_points(metrics)
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-"), ("validation", "o-")):
         chosen = [p for p in points if p.get("split") == split]
@@ -493,6 +538,8 @@ def write_curves(metrics: Path, png: Path) -> bool:
         axes.grid(alpha=0.3)
         axes.legend()
     figure.tight_layout()
-    atomic_write(png, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
-    plt.close(figure)
+    try:
+        atomic_write(png, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+    finally:
+        plt.close(figure)
     return True
