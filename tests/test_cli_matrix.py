@@ -203,6 +203,8 @@ ROWS = [
         "--preset cannot be given with --resume or --init"),
     row("train --resume without a run", ["--resume"], 2,
         "nothing to resume in out (no last.safetensors)"),
+    row("train --resume of a run killed before its first save", ["--out", "run", "--resume"], 2,
+        "nothing to resume in run (no last.safetensors) (hint: start the run again with --force)"),
     row("train --resume with --force", ["--resume", "--force"], 2,
         "--resume and --force contradict each other"),
     row("train --resume with --init", ["--resume", "--init", "CKPT"], 2,

@@ -693,3 +693,26 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
         path.write_bytes(b"half")
     assert remove_stale_parts(tmp_path) == [stale]
     assert listing(tmp_path) == sorted([live.name, other.name])
+
+
+def test_a_disk_that_fills_up_after_the_first_piece_leaves_no_piece(pieces, tmp_path,
+                                                                    monkeypatch):
+    """The first piece is written, the second finds the disk full: the run fails and takes
+    back the first one too (stdout never named it), leaving only what was there before."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.mid").write_bytes(b"a file from an earlier run")
+    real_write_bytes = Path.write_bytes
+    calls = []
+
+    def full_the_second_time(self, data):
+        calls.append(self)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_the_second_time)
+    with pytest.raises(WriteError, match="No space left"):
+        save_pieces(pieces, out, template="take-{n}", audio=None)
+    assert len(calls) == 2
+    assert listing(out) == ["earlier.mid"]

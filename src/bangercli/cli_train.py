@@ -119,8 +119,11 @@ def _check_train_options(out: Path, options: dict, fields: dict, *, preset: str 
             raise UsageError(f"{', '.join(given)} cannot be given with --resume or --init",
                              hint="the model comes from the checkpoint")
     if resume and not (out / "last.safetensors").exists():
+        leftovers = [name for name in ("last.optim.pt", "last.optim.next.pt", "best.safetensors")
+                     if (out / name).exists()]  # a run killed before its first full save
         raise UsageError(f"nothing to resume in {out} (no last.safetensors)",
-                         hint="drop --resume to start a new run")
+                         hint="start the run again with --force" if leftovers
+                         else "drop --resume to start a new run")
 
 
 class _TrainProgress:

@@ -110,10 +110,12 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
                                                       steps_per_bar)
                 written.append((record.piano_roll, record.piano_roll.stat().st_ino))
             saved.append(record)
-    except OutputExistsError:
-        # another run took one of our names after the check above: this run fails, and like a
-        # run stopped by that check it leaves none of its files (stdout never named them)
-        _remove_own(written)
+    except BangerError:
+        # another run took one of our names after the check above, or the disk filled up:
+        # this run fails, and like a run stopped by that check it leaves none of its files
+        # (stdout never named them). With --force they may have replaced older files: kept.
+        if not force:
+            _remove_own(written)
         raise
     return saved
 
