@@ -127,7 +127,8 @@ class Steering:
     """A gentle push towards the requested band: while a requested instrument (or the drums,
     when asked for) has no note yet, or the lead has no more notes than another melodic
     part, its NOTE tokens get a logit bonus of `strength` (nats) when an instrument is being
-    chosen, and melodic instruments the request did not list lose a third of it (still
+    chosen (and while the lead is behind, the parts at or ahead of it lose as much), and
+    melodic instruments the request did not list lose a third of it (still
     allowed: without --only the model may add a bass to a guitar, but not a whole
     orchestra). The header asks; this nudges; only the masks forbid."""
 
@@ -170,6 +171,9 @@ class Steering:
             lead = self.instruments[0]
             behind = self.counts[:, lead] <= self.counts[:, self.others].max(dim=1).values
             bonus[:, lead] += self.strength * behind
+            # and the melodic parts at or ahead of a lead that is behind lose as much
+            ahead = (self.counts >= self.counts[:, lead : lead + 1]) & self.others
+            bonus -= self.strength * (ahead & behind[:, None])
         bonus *= choosing[:, None]
         start = self.tokenizer.note_offset
         logits = logits.clone()  # decoder outputs are inference tensors: no in-place update
