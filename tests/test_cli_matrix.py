@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from bangercli.checkpoint import save_checkpoint
-from bangercli.cli import main
 from bangercli.model import PRESETS, build_model
 from bangercli.preprocess import PreprocessOptions, preprocess
 from bangercli.tokenizer import TokenizerConfig
+from cli_runner import run_cli
 from midi_fixtures import band, midi_file, save, track
 
 # What each command's rows start with: every option valid, so only the row's values are wrong.
@@ -398,14 +398,7 @@ def resolve(argv: list[str], shared: dict[str, Path]) -> list[str]:
 
 def run_in_process(argv: list[str], capfd, monkeypatch) -> tuple[int, str, str]:
     """`banger ARGV` through the console entry point; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["banger", *argv])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-    captured = capfd.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(monkeypatch, capfd, *argv)
 
 
 def assert_one_error_line(code: int, stdout: str, stderr: str, expected_code: int,

@@ -38,7 +38,6 @@ import torch
 from bangercli.checkpoint import (
     load_training_state, read_checkpoint, save_checkpoint, save_training_state,
 )
-from bangercli.cli import main
 from bangercli.errors import BangerError
 from bangercli.files import WriteError, atomic_write, remove_stale_parts
 from bangercli.generate import Request, generate
@@ -47,6 +46,7 @@ from bangercli.output import save_pieces
 from bangercli.preprocess import preprocess
 from bangercli.tokenizer import Tokenizer, TokenizerConfig
 from bangercli.train import Trainer, TrainConfig, train
+from cli_runner import run_cli
 from midi_fixtures import band, midi_file, save, tempo, to_bytes, track
 
 BANGER = [sys.executable, "-m", "bangercli"]
@@ -191,18 +191,6 @@ def read_only(request, monkeypatch, tmp_path):
         folder.chmod(0o755)
 
 
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """`banger ARGS` through the console entry point, in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["banger", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # --- preprocess ----------------------------------------------------------------------------
 
 
@@ -330,7 +318,7 @@ def test_preprocess_into_a_read_only_folder(collection, reference_data, tmp_path
     reference, _ = reference_data
     shutil.copytree(reference, tmp_path / "data")
     read_only(tmp_path)
-    code, stdout, stderr = run_main(monkeypatch, capsys, "preprocess", collection, "--out",
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "preprocess", collection, "--out",
                                     tmp_path / "data", "-j", "1", "-q", "--force")
     assert code == 1 and stdout == ""
     assert_one_error_line(stderr, f"cannot write {tmp_path / 'data'}", "write to")
@@ -589,7 +577,7 @@ def test_generate_on_a_full_disk(model_file, tmp_path, monkeypatch, capsys):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
 
     monkeypatch.setattr(Path, "write_bytes", half_then_full)
-    code, stdout, stderr = run_main(monkeypatch, capsys, "generate", "--model", model_file,
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "generate", "--model", model_file,
                                     "--out", out, "--audio", "none", "--bars", "2", "--seed", "5",
                                     "-n", "2", "--quiet")
     assert code == 1 and stdout == ""

@@ -19,10 +19,10 @@ import torch
 import bangercli.audio as audio_module
 from bangercli.audio import AudioUnavailable
 from bangercli.checkpoint import save_checkpoint
-from bangercli.cli import main
 from bangercli.errors import BangerError
 from bangercli.model import PRESETS, build_model
 from bangercli.tokenizer import TokenizerConfig
+from cli_runner import run_cli
 from midi_fixtures import band, save
 
 CONFIG = PRESETS["tiny"]
@@ -51,16 +51,8 @@ def cli(capsys, monkeypatch, checkpoint, out):
     monkeypatch.delenv("BANGER_SOUNDFONT", raising=False)
 
     def run(*args, audio: str = "none") -> tuple[int, str, str]:
-        argv = ["banger", "generate", "--model", str(checkpoint), "--out", str(out),
-                "--audio", audio, *map(str, args)]
-        monkeypatch.setattr(sys, "argv", argv)
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        return run_cli(monkeypatch, capsys, "generate", "--model", checkpoint, "--out", out,
+                       "--audio", audio, *args)
 
     return run
 
