@@ -262,6 +262,7 @@ def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
     (Request(variants=0), "--variants"),
     (Request(sampling=Sampling(temperature=0.0)), "--temperature"),
     (Request(sampling=Sampling(temperature=float("nan"))), "--temperature"),
+    (Request(sampling=Sampling(temperature=float("inf"))), "--temperature must be a finite"),
     (Request(sampling=Sampling(top_p=0.0)), "--top-p"),
     (Request(sampling=Sampling(top_p=1.5)), "--top-p"),
     (Request(sampling=Sampling(top_k=-1)), "--top-k"),

@@ -10,6 +10,7 @@ exactly the shape of the windows the model was trained on.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -51,6 +52,8 @@ class Request:
             raise UsageError(f"--variants must be at least 1, got {self.variants}")
         if not self.sampling.temperature > 0:
             raise UsageError(f"--temperature must be > 0, got {self.sampling.temperature}")
+        if not math.isfinite(self.sampling.temperature):  # inf would sample forever
+            raise UsageError(f"--temperature must be a finite number, got {self.sampling.temperature}")
         if not 0 < self.sampling.top_p <= 1:
             raise UsageError(f"--top-p must be in (0, 1], got {self.sampling.top_p}")
         if self.sampling.top_k < 0:
