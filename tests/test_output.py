@@ -236,3 +236,12 @@ def test_piano_roll_is_a_png_one_column_pair_per_step(pieces, tmp_path):
         assert height == (span + (1 + len(drum_sounds) if drum_sounds else 0)) * 3
         assert len(raw) == height * (1 + 3 * width)
     assert not [name for name in listing(tmp_path) if name.endswith(".part")]
+
+
+@pytest.mark.parametrize("template", ["{n:>99999}", "{lead:d}", "{n!z}", "x" * 250 + "{n}"])
+def test_the_library_refuses_templates_that_cannot_name_a_file(pieces, tmp_path, template):
+    """save_pieces checks what the command line checks: a bad --name fails before anything
+    is written, for Python callers too."""
+    with pytest.raises(UsageError):
+        save_pieces(pieces, tmp_path / "out", template=template, audio=None)
+    assert not (tmp_path / "out").exists()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import secrets
-import string
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,7 +16,6 @@ from .errors import MidiReadError, UsageError
 
 AUDIO_CHOICES = ("mp3", "wav", "flac", "none")
 DEFAULT_BARS = 16
-NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 
 
 @app.command()
@@ -85,10 +81,10 @@ def generate(
         raise UsageError("--bars and --tokens contradict each other", hint="give one length")
     if prompt_bars is not None and prompt is None:
         raise UsageError("--prompt-bars needs a --prompt")
-    _check_name(name, request)
-    pieces, steps_per_bar = _generate(model, request, quiet)
+    from .output import check_template, save_pieces
 
-    from .output import save_pieces
+    check_template(name, seed=request.seed, variants=request.variants)
+    pieces, steps_per_bar = _generate(model, request, quiet)
 
     warn = (lambda message: None) if quiet else (
         lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
@@ -112,26 +108,3 @@ def _generate(model_name: str, request, quiet: bool):
             raise MidiReadError(f"--prompt {request.prompt}: {err.message}",
                                 hint=err.hint) from None
     return pieces, banger.tokenizer.config.steps_per_bar
-
-
-def _check_name(template: str, request) -> None:
-    """Refuse a --name that cannot name a file, before any work: unknown fields or folders
-    (check_template), a format spec that fails or is absurdly wide, or a name too long."""
-    from .generate import Piece
-    from .instruments import INSTRUMENTS
-    from .output import check_template, stem_of
-
-    check_template(template)
-    specs = [spec or "" for _, field, spec, _ in string.Formatter().parse(template) if field]
-    if any(len(digits) > 3 for spec in specs for digits in re.findall(r"[0-9]+", spec)):
-        raise UsageError(f"--name {template!r}: a field width is too large")
-    melodic = [inst.name for inst in INSTRUMENTS if not inst.is_drums]
-    longest = Piece(ids=[], notes=[], instruments=melodic, drums=False, bars=9999, bpm=400.0,
-                    seed=request.seed, midi=None)  # the longest name the template can make
-    try:
-        stem = stem_of(template, longest, request.variants)
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"bad --name template {template!r}: {err}") from None
-    # ".<stem>.flac.<pid>.XXXXXXXX.part" is the longest name written (files.atomic_write)
-    if len(os.fsencode(stem)) + len(".flac") + 32 > NAME_MAX:
-        raise UsageError(f"--name {template!r} makes file names longer than {NAME_MAX} bytes")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Callable
 from .errors import BangerError, OutputExistsError, UsageError
 from .files import atomic_write, remove_stale_parts
 from .generate import Piece
+from .instruments import INSTRUMENTS
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 TEMPLATE_FIELDS = ("lead", "instruments", "drums", "seed", "n", "bars", "bpm")
 
 
@@ -46,18 +49,33 @@ class Saved:
         }
 
 
-def check_template(template: str) -> None:
-    """Refuse a name template with unknown fields or path separators before any work."""
+def check_template(template: str, *, seed: int = 0, variants: int = 1) -> None:
+    """Refuse a name template that cannot name a file, before any work: unknown fields,
+    folders, a format spec that fails or is absurdly wide, or names too long."""
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as err:
         raise UsageError(f"bad --name template {template!r}: {err}") from None
+    fields = {name for _, name, _, _ in parsed if name is not None}
     unknown = fields - set(TEMPLATE_FIELDS)
     if unknown:
         raise UsageError(f"unknown field(s) {sorted(unknown)} in --name",
                          hint=f"use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
     if "/" in template or "\\" in template or not template.strip():
         raise UsageError(f"--name {template!r} must be a plain file name without folders")
+    specs = [spec or "" for _, field, spec, _ in parsed if field]
+    if any(len(digits) > 3 for spec in specs for digits in re.findall(r"[0-9]+", spec)):
+        raise UsageError(f"--name {template!r}: a field width is too large")
+    melodic = [inst.name for inst in INSTRUMENTS if not inst.is_drums]
+    longest = Piece(ids=[], notes=[], instruments=melodic, drums=False, bars=9999, bpm=400.0,
+                    seed=seed, midi=None)  # the longest name the template can make
+    try:
+        stem = stem_of(template, longest, variants)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"bad --name template {template!r}: {err}") from None
+    # ".<stem>.flac.<pid>.XXXXXXXX.part" is the longest name written (files.atomic_write)
+    if len(os.fsencode(stem)) + len(".flac") + 32 > NAME_MAX:
+        raise UsageError(f"--name {template!r} makes file names longer than {NAME_MAX} bytes")
 
 
 def stem_of(template: str, piece: Piece, n: int) -> str:
@@ -74,7 +92,7 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
                 piano_roll: bool = False, force: bool = False, steps_per_bar: int = 32,
                 warn: Callable[[str], None] = lambda message: None) -> list[Saved]:
     """Write each piece's MIDI (and audio preview and piano roll, when asked)."""
-    check_template(template)
+    check_template(template, seed=pieces[0].seed if pieces else 0, variants=len(pieces))
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
