@@ -484,6 +484,41 @@ def test_a_kill_inside_a_save_loses_at_most_that_save(train_data, reference_run,
         assert torch.allclose(tensor, expected[name], atol=1e-6, rtol=0), name
 
 
+def test_two_kills_in_a_row_inside_saves_keep_a_resumable_pair(train_data, reference_run,
+                                                                 tmp_path, monkeypatch):
+    """Killed after the weights of the step-3 save but before its optimizer state's rename,
+    resumed, then killed before the weights of the step-6 save: the step-6 state must not
+    have replaced the step-3 one that last.safetensors still needs (the run resumed from
+    last.optim.next.pt gives it its real name first). Seen in CI with random kills."""
+    import bangercli.train as train_module
+
+    run, config = tmp_path / "run", TrainConfig(**TRAIN)
+    real_save, real_commit = train_module.save_checkpoint, Trainer._commit_optimizer_state
+
+    def rename_dies_at_3(self):
+        if self.info["step"] == 3:
+            raise Killed
+        return real_commit(self)
+
+    def weights_die_at_6(path, *args, **kwargs):
+        if Path(path).name == "last.safetensors" and kwargs["info"]["step"] == 6:
+            raise Killed
+        return real_save(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(Trainer, "_commit_optimizer_state", rename_dies_at_3)
+        train(train_data, run, model_config=model_config("tiny", seq_len=32), config=config)
+    assert checkpoint_step(run) == 3 and (run / "last.optim.next.pt").exists()
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(train_module, "save_checkpoint", weights_die_at_6)
+        train(train_data, run, config=config, resume=True)
+    assert checkpoint_step(run) == 3  # its optimizer state survived the step-6 write
+    train(train_data, run, config=config, resume=True)
+    expected = read_checkpoint(reference_run / "last.safetensors")[0]
+    for name, tensor in read_checkpoint(run / "last.safetensors")[0].items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6, rtol=0), name
+
+
 def test_a_run_killed_before_its_first_save_asks_for_force(train_data, tmp_path):
     """Only an optimizer state or a best.safetensors, no last.safetensors: --resume and a
     plain rerun both say what works (--force), instead of sending the user in a circle."""

@@ -7,8 +7,8 @@ samples collected, so rendering works on servers and runs faster than realtime.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import sys
 from pathlib import Path
 
 import mido
@@ -96,10 +96,10 @@ def check_soundfont(path: Path, *, hint: str = "pass a General MIDI .sf2 or .sf3
 
 
 def _fluidsynth():
-    # pyfluidsynth prints where it found the library when $CI is set; stdout carries results
-    # (paths or JSON), so anything it says at import goes to stderr instead.
+    # pyfluidsynth prints where it found the library when $CI is set. stdout carries results
+    # (paths or JSON) and stderr only progress, warnings and errors, so that line is dropped.
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(io.StringIO()):
             import fluidsynth  # pyfluidsynth: loads libfluidsynth with ctypes at import
     except (ImportError, OSError):
         raise AudioUnavailable("the FluidSynth library (libfluidsynth) is not installed",
