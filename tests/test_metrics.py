@@ -119,6 +119,8 @@ def test_a_header_asks_for_its_instruments_lead_first_and_its_drums_flag():
     header = {"drums": True, "instruments": [GUITAR, DRUMS.index, BASS]}
     assert header_request(header) == (("guitar", "drums", "bass"), True)
     assert header_request({"drums": False, "instruments": []}) == ((), False)
+    # a drum track alone asks for drums only, not for drums and whatever band the model adds
+    assert header_request({"drums": True, "instruments": []}) == (("drums",), True)
 
 
 @pytest.fixture(scope="module")

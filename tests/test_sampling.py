@@ -70,6 +70,40 @@ def test_top_p_keeps_the_nucleus_and_nothing_else():
     assert seen == {0, 1, 2, 3}
 
 
+def test_untruncated_rows_sample_from_the_whole_distribution():
+    """Rows flagged untruncated skip top-p (time tokens: the tail is the rests); the others
+    keep only the nucleus, in the same call."""
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 2)
+    allowed = torch.ones_like(probs, dtype=torch.bool)
+    flags = torch.tensor([True, False])
+    generator = torch.Generator().manual_seed(7)
+    seen = [set(), set()]
+    for _ in range(300):
+        chosen = sample(probs.log(), allowed, Sampling(top_p=0.75), generator, untruncated=flags)
+        seen[0].add(int(chosen[0]))
+        seen[1].add(int(chosen[1]))
+    assert seen == [{0, 1, 2, 3}, {0, 1}]
+
+
+def test_top_p_never_cuts_time_or_duration_only_pitch(banger, monkeypatch):
+    """generate() asks for untruncated sampling exactly where a TIME or DURVEL token comes
+    next: cutting the tail of those made pieces denser (fewer rests, shorter notes)."""
+    import bangercli.generate as generate_module
+
+    seen = []
+
+    def spy(logits, allowed, options, generator, *, untruncated=None):
+        kinds = {TOKENIZER.kind(t) for t in allowed[0].nonzero().flatten().tolist()}
+        seen.append((kinds, bool(untruncated[0])))
+        return sample(logits, allowed, options, generator, untruncated=untruncated)
+
+    monkeypatch.setattr(generate_module, "sample", spy)
+    generate(banger, Request(instruments=("piano",), drums=False, only=True, bars=None,
+                             tokens=30, seed=1))
+    assert seen and all(flag == (kinds <= {"time", "durvel"}) for kinds, flag in seen), seen
+    assert any(flag for _, flag in seen) and not all(flag for _, flag in seen)
+
+
 def test_masked_tokens_are_never_sampled():
     """Even when the masked-out tokens are by far the likeliest, at a high temperature."""
     logits = random_logits(32, seed=7)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from .generate import Request, generate
-from .instruments import INSTRUMENTS, instrument_named
+from .instruments import DRUMS, INSTRUMENTS, instrument_named
 from .metrics import adherence, mean_metrics, piece_metrics
 from .shards import Shards
 
@@ -104,6 +104,8 @@ def header_request(header: dict) -> tuple[tuple[str, ...], bool | None]:
     flag; asked with --only, since the header lists every instrument the piece has."""
     names = tuple(INSTRUMENTS[i].name for i in header.get("instruments", [])
                   if 0 <= i < len(INSTRUMENTS))
+    if not names and header.get("drums"):  # a drum track alone: `-i drums --only`, or the
+        names = (DRUMS.name,)              # model would be free to add a band to it
     return names, header.get("drums")
 
 

@@ -21,7 +21,7 @@ import torch
 from .errors import BangerError, UsageError
 from .fastdecode import FastDecoder, UnsupportedModel
 from .instruments import DRUMS, INSTRUMENTS, instrument_named
-from .sampling import AFTER_DURVEL, EXPECT_TIME, HEADER, Grammar, Sampling, Steering, sample
+from .sampling import AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, HEADER, Grammar, Sampling, Steering, sample
 from .score import DEFAULT_BPM, Note, write_midi
 from .tokenizer import Tokenizer, lead_order
 
@@ -200,7 +200,12 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
         if bool((chord >= MAX_CHORD).any()):  # time must move on, or --bars might never end
             mask = mask.clone()
             mask[chord >= MAX_CHORD, tokenizer.time_token(0)] = False
-        token = sample(steering.apply(logits, phase), mask, request.sampling, generator)
+        # Top-k/top-p cut a distribution's tail. For a TIME token the tail is the rests and
+        # long notes apart, and cutting it made pieces twice as dense as the model's own
+        # (docs/generation.md): time is sampled from the whole distribution.
+        timing = (phase == EXPECT_TIME) | (phase == AFTER_LONG_TIME) | (phase == AFTER_TIME)
+        token = sample(steering.apply(logits, phase), mask, request.sampling, generator,
+                       untruncated=timing)
         steering.update(token)
         new_phase, new_time = on.advance(phase, time, token)
         chord = torch.where(new_time > time, 0, chord + (new_phase == EXPECT_TIME).long())
