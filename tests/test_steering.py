@@ -50,7 +50,7 @@ def test_bonus_goes_to_missing_instruments_and_a_lead_that_is_behind():
 def test_steering_makes_an_untrained_model_play_the_requested_lead(banger):
     def lead_rate(steer: float) -> float:
         pieces = generate(banger, Request(instruments=("guitar", "bass"), drums=False,
-                                          tokens=150, variants=6, seed=5, steer=steer))
+                                          tokens=150, variants=12, seed=5, steer=steer))
         led = 0
         for piece in pieces:
             counts = [sum(n.instrument == i for n in piece.notes) for i in range(11)]

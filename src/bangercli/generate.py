@@ -178,8 +178,20 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
     first_drums = bool(drums_on[0, 0])
     same_drums = bool((drums_on == first_drums).all())
     phase, time = on.scan(rows[0])
-    if phase == HEADER and instruments:  # the header is complete: notes come next
+    if phase == HEADER and instruments and request.only:  # the header is complete
         phase = EXPECT_TIME
+    # The band: the instruments in each row's header (the requested ones first, then those
+    # the model adds while the header is open) and those of the prompt's notes. As in every
+    # training piece, the header lists exactly the instruments that play: NOTE tokens of
+    # other instruments are masked, and an instrument already listed is not listed again.
+    band = torch.zeros(batch, len(INSTRUMENTS), dtype=torch.bool)
+    band[:, DRUMS.index] = True  # drums are the drums flag's business (the grammar's masks)
+    for token in rows[0]:
+        kind = tokenizer.kind(token)
+        if kind == "instrument":
+            band[:, token - tokenizer.instrument_offset] = True
+        elif kind == "note":
+            band[:, (token - tokenizer.note_offset) // 128] = True
     phase, time = torch.full((batch,), phase), torch.full((batch,), time)
     done = torch.zeros(batch, dtype=torch.bool)
     budget = request.tokens if request.tokens else 1 << 30
@@ -200,6 +212,10 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
         if bool((chord >= MAX_CHORD).any()):  # time must move on, or --bars might never end
             mask = mask.clone()
             mask[chord >= MAX_CHORD, tokenizer.time_token(0)] = False
+        mask = _in_band(mask, band, drums_on, tokenizer)
+        if not bool(mask[~done].any(dim=1).all()):  # would sample from nothing, forever
+            raise BangerError("internal error: a sequence has no allowed next token",
+                              hint="please report this with the command that caused it")
         # Top-k/top-p cut a distribution's tail. For a TIME token the tail is the rests and
         # long notes apart, and cutting it made pieces twice as dense as the model's own
         # (docs/generation.md): time is sampled from the whole distribution.
@@ -207,6 +223,9 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
         token = sample(steering.apply(logits, phase), mask, request.sampling, generator,
                        untruncated=timing)
         steering.update(token)
+        listed = token - tokenizer.instrument_offset
+        joins = (phase == HEADER) & (listed >= 0) & (listed < DRUMS.index)
+        band[joins, listed[joins]] = True
         new_phase, new_time = on.advance(phase, time, token)
         chord = torch.where(new_time > time, 0, chord + (new_phase == EXPECT_TIME).long())
         phase, time = new_phase, new_time
@@ -242,6 +261,23 @@ def fast_decoder(banger) -> FastDecoder:
                               hint="it was not made by `banger train`") from None
         banger._fast_decoder = decoder
     return decoder
+
+
+def _in_band(mask: torch.Tensor, band: torch.Tensor, drums_on: torch.Tensor,
+             tokenizer: Tokenizer) -> torch.Tensor:
+    """`mask` (rows, vocab) without the NOTE tokens of instruments outside each row's band
+    (rows, instruments), without header tokens of instruments already in it, and, while a
+    row has nothing to play (no melodic instrument, drums off), without the TIME that would
+    close its header."""
+    mask = mask.expand(len(band), -1).clone()
+    notes = slice(tokenizer.note_offset, tokenizer.note_offset + 128 * band.shape[1])
+    mask[:, notes] &= band.repeat_interleave(128, dim=1)
+    listed = slice(tokenizer.instrument_offset, tokenizer.instrument_offset + DRUMS.index)
+    mask[:, listed] &= ~band[:, :DRUMS.index]
+    silent = ~band[:, :DRUMS.index].any(dim=1) & ~drums_on[:, 0]
+    if bool(silent.any()):
+        mask[silent, tokenizer.time_offset:tokenizer.durvel_offset] = False
+    return mask
 
 
 def _no_time_before(mask, tokenizer: Tokenizer, phase, time, start: int):
