@@ -201,7 +201,9 @@ def test_runs_racing_for_names_never_clobber_each_other(checkpoint, expected, tm
 
 
 def test_with_force_every_file_is_one_runs_complete_midi(checkpoint, expected, tmp_path):
-    runs = [Run(seed=seed, name="take-{n}") for seed in (21, 22, 23, 24)]
+    # seeds whose take-1 differ (the untrained model leaves most 2-bar pieces empty, and
+    # empty pieces are the same bytes whatever the seed)
+    runs = [Run(seed=seed, name="take-{n}") for seed in (24, 38, 40, 44)]
     out = tmp_path / "out"
     outcomes = run_together(runs, out, checkpoint, tmp_path, options=("--audio", "none", "--force"))
     for outcome in outcomes:

@@ -139,9 +139,9 @@ class Steering:
     when asked for) has no note yet, or the lead has no more notes than another melodic
     part, its NOTE tokens get a logit bonus of `strength` (nats) when an instrument is being
     chosen (and while the lead is behind, the parts at or ahead of it lose as much), and
-    melodic instruments the request did not list lose a third of it (still
-    allowed: without --only the model may add a bass to a guitar, but not a whole
-    orchestra). The header asks; this nudges; only the masks forbid."""
+    melodic instruments the request did not list lose a third of it (without --only the
+    model may add a bass to a guitar in the header, and the added parts stay the supporting
+    cast). The header asks; this nudges; only the masks forbid."""
 
     def __init__(self, tokenizer: Tokenizer, instruments: list[int], *, strength: float,
                  batch: int, prefix: list[int], drums: bool | None = None) -> None:
