@@ -106,17 +106,23 @@ def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
     if options.temperature <= 0:
         return logits.argmax(dim=-1)
     logits = logits / options.temperature
-    if untruncated is not None and bool(untruncated.any()):
-        truncated = sample_logits(logits, options)
-        logits = torch.where(untruncated[:, None], logits, truncated)
-    else:
+    cut = options.top_p < 1.0 or (0 < options.top_k < logits.shape[-1])
+    if cut and untruncated is not None and bool(untruncated.any()):
+        if not bool(untruncated.all()):  # else no row is cut: skip the sort
+            logits = torch.where(untruncated[:, None], logits, sample_logits(logits, options))
+    elif cut:
         logits = sample_logits(logits, options)
     probs = torch.softmax(logits, dim=-1)
-    # An exponential race: argmax of p / Exp(1) is a draw from p. It is what torch's CPU
-    # multinomial does for one sample (same generator draws, same tokens), without its
-    # per-call overhead: about 4x cheaper per step.
-    race = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / race).argmax(dim=-1)
+    # Inverse-CDF draw: one uniform number per row, placed on the running sum of p. With
+    # right=True the first position whose sum exceeds it has p > 0, so a masked token is
+    # never drawn; the guard covers u rounding up to the total. One random number a row
+    # instead of one a token (the exponential race this replaced drew 2,832 a row and spent
+    # ~170 us a step at batch 4 on them).
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(len(probs), 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+    drawn = probs.gather(1, token[:, None]).squeeze(1) > 0
+    return torch.where(drawn, token, probs.argmax(dim=-1))
 
 
 def sample_logits(logits: torch.Tensor, options: Sampling) -> torch.Tensor:
