@@ -231,6 +231,50 @@ def test_only_the_instruments_in_the_header_play(banger):
     assert added > 0  # the untrained model did add instruments: the rule was exercised
 
 
+def test_no_note_is_played_twice_at_one_onset(banger):
+    """Every NOTE token is a note of its own: the same instrument and pitch at the same onset
+    again (which decoding would merge away) is masked, even for a model that would repeat
+    itself there forever (this one: every NOTE logit but one pitch of each instrument very
+    low, and TIME(0) very likely)."""
+    tokenizer = banger.tokenizer
+
+    class Stubborn:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def _bias(self, logits):
+            logits = logits.clone()
+            logits[:, tokenizer.note_offset:] -= 20.0
+            for instrument in range(12):
+                logits[:, tokenizer.note_token(instrument, 60)] += 40.0
+            logits[:, tokenizer.time_token(0)] += 20.0
+            return logits
+
+        def prefill(self, *args):
+            return self._bias(self.inner.prefill(*args))
+
+        def step(self, *args):
+            return self._bias(self.inner.step(*args))
+
+    import bangercli.generate as generate_module
+
+    real = generate_module.fast_decoder(banger)
+    banger._fast_decoder = Stubborn(real)
+    try:
+        pieces = generate(banger, Request(instruments=("piano",), only=True, drums=False,
+                                          bars=None, tokens=90, variants=2, seed=3))
+    finally:
+        banger._fast_decoder = real
+    for piece in pieces:
+        score = decoded(banger, piece)
+        note_tokens = sum(banger.tokenizer.kind(t) == "note" for t in piece.ids)
+        assert note_tokens == len(score.notes) > 20  # no duplicate merged away
+        assert len({(n.start, n.pitch) for n in score.notes}) == len(score.notes)
+
+
 def test_the_model_choosing_everything_stays_grammatical(banger):
     """No instruments, drums unset: the model writes the header too, and still every
     sequence decodes without a single invalid token."""

@@ -202,6 +202,11 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
                         drums=drums)
     produced = 0
     chord = torch.zeros(batch, dtype=torch.long)  # notes so far at each row's current onset
+    # NOTE tokens already played at each row's current onset: a second one would be the same
+    # note again (decoding merges them), and a model repeating itself there piled up
+    # thousands of them (seed 2 of -i guitar --drums: 2,213 NOTE tokens for 469 notes)
+    notes = slice(tokenizer.note_offset, tokenizer.vocab_size)
+    played = torch.zeros(batch, tokenizer.vocab_size - tokenizer.note_offset, dtype=torch.bool)
     while not bool(done.all()):
         if same_drums:  # one grammar for the whole batch: half the mask work
             mask = (on if first_drums else off).masks[phase]
@@ -213,6 +218,7 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
             mask = mask.clone()
             mask[chord >= MAX_CHORD, tokenizer.time_token(0)] = False
         mask = _in_band(mask, band, drums_on, tokenizer)
+        mask[:, notes] &= ~played
         if not bool(mask[~done].any(dim=1).all()):  # would sample from nothing, forever
             raise BangerError("internal error: a sequence has no allowed next token",
                               hint="please report this with the command that caused it")
@@ -228,6 +234,9 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
         band[joins, listed[joins]] = True
         new_phase, new_time = on.advance(phase, time, token)
         chord = torch.where(new_time > time, 0, chord + (new_phase == EXPECT_TIME).long())
+        played[new_time > time] = False
+        is_note = token >= tokenizer.note_offset
+        played[is_note, token[is_note] - tokenizer.note_offset] = True
         phase, time = new_phase, new_time
         for row, value, finished in zip(rows, token.tolist(), done.tolist()):
             if not finished:
