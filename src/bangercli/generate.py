@@ -21,7 +21,17 @@ import torch
 from .errors import BangerError, UsageError
 from .fastdecode import FastDecoder, UnsupportedModel
 from .instruments import DRUMS, INSTRUMENTS, instrument_named
-from .sampling import AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, HEADER, Grammar, Sampling, Steering, sample
+from .sampling import (
+    AFTER_DURVEL,
+    AFTER_LONG_TIME,
+    AFTER_TIME,
+    EXPECT_TIME,
+    HEADER,
+    Grammar,
+    Sampling,
+    Steering,
+    sample,
+)
 from .score import DEFAULT_BPM, Note, write_midi
 from .tokenizer import Tokenizer, lead_order
 
@@ -219,12 +229,12 @@ def _sample(banger, request: Request, prefix: list[int], *, drums: bool | None,
             mask[chord >= MAX_CHORD, tokenizer.time_token(0)] = False
         mask = _in_band(mask, band, drums_on, tokenizer)
         mask[:, notes] &= ~played
-        if not bool(mask[~done].any(dim=1).all()):  # would sample from nothing, forever
+        if not bool((mask.any(dim=1) | done).all()):  # would sample from nothing, forever
             raise BangerError("internal error: a sequence has no allowed next token",
                               hint="please report this with the command that caused it")
-        # Top-k/top-p cut a distribution's tail. For a TIME token the tail is the rests and
-        # long notes apart, and cutting it made pieces twice as dense as the model's own
-        # (docs/generation.md): time is sampled from the whole distribution.
+        # Top-k/top-p cut a distribution's tail. For TIME and DURVEL tokens the tail is the
+        # rests and the long notes, and cutting it made pieces about twice as dense as the
+        # model's own (docs/generation.md): only the NOTE choice is cut.
         timing = (phase == EXPECT_TIME) | (phase == AFTER_LONG_TIME) | (phase == AFTER_TIME)
         token = sample(steering.apply(logits, phase), mask, request.sampling, generator,
                        untruncated=timing)
