@@ -144,10 +144,9 @@ class Steering:
     """A gentle push towards the requested band: while a requested instrument (or the drums,
     when asked for) has no note yet, or the lead has no more notes than another melodic
     part, its NOTE tokens get a logit bonus of `strength` (nats) when an instrument is being
-    chosen (and while the lead is behind, the parts at or ahead of it lose as much), and
-    melodic instruments the request did not list lose a third of it (without --only the
-    model may add a bass to a guitar in the header, and the added parts stay the supporting
-    cast). The header asks; this nudges; only the masks forbid."""
+    chosen (and while the lead is behind, the parts at or ahead of it lose as much). The
+    instruments the model adds to the header play unsteered. The header asks; this nudges;
+    only the masks forbid."""
 
     def __init__(self, tokenizer: Tokenizer, instruments: list[int], *, strength: float,
                  batch: int, prefix: list[int], drums: bool | None = None) -> None:
@@ -165,10 +164,6 @@ class Steering:
         if self.instruments:
             melodic[self.instruments[0]] = False
         self.others = melodic
-        unlisted = torch.ones(len(INSTRUMENTS), dtype=torch.bool)
-        unlisted[self.instruments] = False
-        unlisted[DRUMS.index] = False
-        self.unlisted = unlisted
 
     @property
     def active(self) -> bool:
@@ -184,7 +179,6 @@ class Steering:
         wanted = self.wanted
         bonus[:, wanted] += self.strength * (self.counts[:, wanted] == 0)
         if self.instruments:
-            bonus[:, self.unlisted] -= self.strength / 3  # instruments the request did not list
             lead = self.instruments[0]
             behind = self.counts[:, lead] <= self.counts[:, self.others].max(dim=1).values
             bonus[:, lead] += self.strength * behind
