@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bangercli.fastdecode import FastDecoder  # noqa: E402
-from bangercli.model import PRESETS, Banger, build_model, count_parameters  # noqa: E402
-from bangercli.sampling import Grammar, Sampling, sample  # noqa: E402
-from bangercli.tokenizer import Tokenizer  # noqa: E402
+from bangercli.model.decoder import FastDecoder  # noqa: E402
+from bangercli.model.network import PRESETS, Banger, build_model, count_parameters  # noqa: E402
+from bangercli.generation.sampling import Grammar, Sampling, sample  # noqa: E402
+from bangercli.midi.tokenizer import Tokenizer  # noqa: E402
 
 
 def best_of(repeat: int, fn) -> float:
@@ -62,8 +62,8 @@ def fast(decoder: FastDecoder, grammar: Grammar, prompt: torch.Tensor, tokens: i
 
 
 def end_to_end(banger, audio: bool) -> tuple[float, float]:
-    from bangercli.generate import Request, generate
-    from bangercli.output import save_pieces
+    from bangercli.generation.generate import Request, generate
+    from bangercli.generation.save import save_pieces
 
     request = Request(instruments=("guitar",), drums=True, bars=16, seed=1)
     with tempfile.TemporaryDirectory() as folder:
@@ -86,7 +86,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tokenizer = Tokenizer()
     if args.model:
-        from bangercli.checkpoint import load_model
+        from bangercli.model.checkpoint import load_model
 
         banger = load_model(args.model)
     else:

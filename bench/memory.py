@@ -142,8 +142,8 @@ def _pss_kb(pid: int) -> int:
 
 
 # `banger ARGS` with every variant in one batch (the decoder before MAX_BATCH)
-ONE_BATCH = ("import bangercli.generate as g; g.MAX_BATCH = 1 << 30; "
-             "from bangercli.cli import main; main()")
+ONE_BATCH = ("import bangercli.generation.generate as g; g.MAX_BATCH = 1 << 30; "
+             "from bangercli.cli.app import main; main()")
 
 
 def measure(args: list[str], env: dict, *, one_batch: bool = False) -> tuple[float, float, float]:

@@ -6,7 +6,7 @@ Rows (each timed K times, interleaved so that load from other processes spreads 
 rows; the best run is kept):
 
 - ``banger preprocess``: the whole pipeline (read, filter, tokenize, write shards) through
-  `bangercli.preprocess.preprocess` into a temporary directory, with 1 and 2 workers;
+  `bangercli.data.preprocess.preprocess` into a temporary directory, with 1 and 2 workers;
 - ``miditok REMI``: `symusic.Score(path)` then `REMI().encode(score)` for every file, in
   1 and 2 processes; this is the peer, and the ratio column is relative to its 1-process row;
 - reference rows that show where the time goes: `mido.MidiFile(path)` (the parser banger
@@ -47,7 +47,7 @@ class Row:
 
 
 def banger_preprocess(workers: int) -> Callable[[list[Path]], tuple[int, int]]:
-    from bangercli.preprocess import preprocess
+    from bangercli.data.preprocess import preprocess
 
     def run(files: list[Path]) -> tuple[int, int]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +59,7 @@ def banger_preprocess(workers: int) -> Callable[[list[Path]], tuple[int, int]]:
 
 def banger_parser(files: list[Path]) -> tuple[int, int]:
     from bangercli.errors import MidiReadError
-    from bangercli.tokenizer import Tokenizer
+    from bangercli.midi.tokenizer import Tokenizer
 
     tokenizer, notes = Tokenizer(), 0
     for path in files:
@@ -153,8 +153,8 @@ def table(rows: list[Row], baseline: str) -> str:
 
 def profile(files: list[Path], count: int, top: int = 12) -> str:
     """cProfile of banger's single-worker per-file path over `count` evenly spaced files."""
-    from bangercli.preprocess import PreprocessOptions, process_file
-    from bangercli.tokenizer import TokenizerConfig
+    from bangercli.data.preprocess import PreprocessOptions, process_file
+    from bangercli.midi.tokenizer import TokenizerConfig
 
     sample = files[:: max(1, len(files) // count)][:count]
     options, config = PreprocessOptions(), TokenizerConfig()
@@ -186,7 +186,7 @@ def main() -> int:
     except ImportError:
         print("error: MidiTok is not installed (pip install -e '.[bench]')", file=sys.stderr)
         return 2
-    from bangercli.preprocess import find_midi_files
+    from bangercli.data.preprocess import find_midi_files
 
     files = find_midi_files([args.corpus])[: args.limit]
     workloads = {

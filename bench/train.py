@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from bangercli.model import build_model, model_config
-from bangercli.shards import Shards
-from bangercli.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.train import TrainConfig, train
-from bangercli.windows import WindowSampler
+from bangercli.model.network import build_model, model_config
+from bangercli.data.shards import Shards
+from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.training.train import TrainConfig, train
+from bangercli.data.windows import WindowSampler
 
 
 def banger_loop(data: Path, args, config) -> float:
-    """Tokens/s of `bangercli.train.train` between the end of warm-up and the last step."""
+    """Tokens/s of `bangercli.training.train.train` between the end of warm-up and the last step."""
     times: dict[int, float] = {}
     steps = args.warmup + args.steps
     settings = TrainConfig(batch_size=args.batch_size, max_steps=steps, epochs=1e9, lr=2e-4,

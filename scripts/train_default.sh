@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the default model shipped in src/bangercli/models/default.safetensors.
+# Reproduce the default model shipped in src/bangercli/weights/default.safetensors.
 #
 #   scripts/train_default.sh            # about 70 minutes on a 2-core laptop CPU
 #
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 CORPUS=${CORPUS:-../shared/midi}
 DATA=${DATA:-data/default}
 RUN=${RUN:-runs/default}
-MODEL=src/bangercli/models/default.safetensors
+MODEL=src/bangercli/weights/default.safetensors
 
 banger preprocess "$CORPUS" --out "$DATA" --force --quiet
 
@@ -36,7 +36,7 @@ banger train "$DATA" --out "$RUN" --resume --schedule cosine --max-steps 4000 \
 # Ship the best checkpoint as float16 (half the size; loads back as float32).
 python - "$RUN/best.safetensors" "$MODEL" <<'PY'
 import sys
-from bangercli.checkpoint import convert_checkpoint
+from bangercli.model.checkpoint import convert_checkpoint
 convert_checkpoint(sys.argv[1], sys.argv[2], dtype="float16")
 PY
 banger evaluate "$MODEL" "$DATA" --samples 16 --json > "$RUN/evaluation.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bangercli.cli import main
+from bangercli.cli.app import main
 
 
 def run_cli(monkeypatch, capture, *args) -> tuple[int, str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from bangercli.tokenizer import Tokenizer
+from bangercli.midi.tokenizer import Tokenizer
 
 # ../shared/midi beside the repository; absent on most machines outside the project.
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "midi"

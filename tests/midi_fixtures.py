@@ -16,12 +16,12 @@ from pathlib import Path
 
 import mido
 
-from bangercli.score import Grid, Note, normalize
+from bangercli.midi.midifile import Grid, Note, normalize
 
 TPB = 480  # ticks per beat of the fixtures unless a test says otherwise
 DRUMS = 9  # zero-based drum channel
 
-# Independent of bangercli.instruments on purpose: the GM families (program // 8) of each
+# Independent of bangercli.midi.instruments on purpose: the GM families (program // 8) of each
 # category, so a wrong range in the package cannot hide behind the same table here.
 FAMILY_TO_CATEGORY = (0, 1, 2, 3, 4, 5, 5, 6, 7, 7, 8, 9, 9, 10, 10, 10)
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bangercli.tokenizer import Tokenizer
+from bangercli.midi.tokenizer import Tokenizer
 from midi_fixtures import END_OF_TRACK, vlq
 
 TOK = Tokenizer()

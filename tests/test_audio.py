@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bangercli.audio as audio_module
-from bangercli.audio import (
+import bangercli.render.audio as audio_module
+from bangercli.render.audio import (
     SAMPLE_RATE,
     TAIL_SECONDS,
     AudioUnavailable,
@@ -20,9 +20,9 @@ from bangercli.audio import (
     write_audio,
 )
 from bangercli.errors import BangerError
-from bangercli.generate import Piece
-from bangercli.output import save_pieces
-from bangercli.score import Grid, Note, write_midi
+from bangercli.generation.generate import Piece
+from bangercli.generation.save import save_pieces
+from bangercli.midi.midifile import Grid, Note, write_midi
 
 DRUMS = 11
 KICK, SNARE, HIHAT = 36, 38, 42
@@ -83,7 +83,7 @@ def test_loading_fluidsynth_prints_nothing_on_stdout(monkeypatch, capsys):
 
     monkeypatch.setenv("CI", "1")
     monkeypatch.delitem(sys.modules, "fluidsynth", raising=False)
-    assert audio_module._fluidsynth() is sys.modules["fluidsynth"]
+    assert audio_module.load_fluidsynth() is sys.modules["fluidsynth"]
     assert capsys.readouterr().out == ""
 
 
@@ -199,10 +199,10 @@ def test_without_audio_support_the_midi_is_written_with_one_warning(tmp_path, mo
         raise AudioUnavailable(f"no {missing}", hint="install it")
 
     if missing == "soundfont":
-        monkeypatch.setattr(audio_module, "_fluidsynth", lambda: None)  # the library is there
+        monkeypatch.setattr(audio_module, "load_fluidsynth", lambda: None)  # the library is there
         monkeypatch.setattr(audio_module, "find_soundfont", unavailable)
     else:
-        monkeypatch.setattr(audio_module, "_fluidsynth", unavailable)
+        monkeypatch.setattr(audio_module, "load_fluidsynth", unavailable)
     warnings: list[str] = []
     piece = piece_of(beat(1), bars=1, bpm=120.0, instruments=[])
     saved = save_pieces([piece], tmp_path, audio="mp3", warn=warnings.append)[0]

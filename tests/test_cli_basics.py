@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bangercli import __version__, paths
-from bangercli.cli import app
-from bangercli.instruments import INSTRUMENTS
+from bangercli.cli.app import app
+from bangercli.midi.instruments import INSTRUMENTS
 
 runner = CliRunner()
 

@@ -29,16 +29,18 @@ import pytest
 import soundfile
 import torch
 
-import bangercli.audio as audio_module
-import bangercli.generate as generate_module
-import bangercli.output as output_module
-from bangercli.checkpoint import load_model, save_checkpoint
+import bangercli.render.audio as audio_module
+import bangercli.generation.generate as generate_module
+import bangercli.generation.save as output_module
+from bangercli.api import load_model
+from bangercli.model.checkpoint import save_checkpoint
 from bangercli.errors import BangerError, OutputExistsError
-from bangercli.fastdecode import FastDecoder
-from bangercli.generate import Request, generate
-from bangercli.model import PRESETS, build_model
-from bangercli.output import save_pieces, stem_of
-from bangercli.tokenizer import TokenizerConfig
+from bangercli.model.decoder import FastDecoder
+from bangercli.generation.generate import generate
+from bangercli.generation.request import Request
+from bangercli.model.network import PRESETS, build_model
+from bangercli.generation.save import save_pieces, stem_of
+from bangercli.midi.tokenizer import TokenizerConfig
 from midi_fixtures import band, save
 
 CONFIG = PRESETS["tiny"]
@@ -62,8 +64,8 @@ SOUNDFONT = _soundfont()
 # `banger generate ...` whose save_pieces first waits for all PARTIES processes (60 s at most).
 LAUNCHER = """
 import os, sys, time
-import bangercli.output as output
-from bangercli.cli import main
+import bangercli.generation.save as output
+from bangercli.cli.app import main
 
 real = output.save_pieces
 
@@ -277,7 +279,7 @@ def test_many_variants_are_decoded_a_bounded_batch_at_a_time(checkpoint, monkeyp
 # before exec counts towards it).
 PEAK_LAUNCHER = """
 import os
-from bangercli.cli import main
+from bangercli.cli.app import main
 
 try:
     main()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bangercli import load_model
-from bangercli.instruments import DRUMS, instrument_named
+from bangercli.midi.instruments import DRUMS, instrument_named
 from bangercli.paths import package_models_dir
 
 pytestmark = pytest.mark.slow
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def banger():
     if not (package_models_dir() / "default.safetensors").is_file():
-        pytest.fail("the default model is not in the package (src/bangercli/models/)")
+        pytest.fail("the default model is not in the package (src/bangercli/weights/)")
     return load_model("default")
 
 

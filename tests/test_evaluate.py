@@ -11,13 +11,14 @@ import torch
 from torch.nn import functional as F
 from typer.testing import CliRunner
 
-from bangercli.checkpoint import load_model, save_checkpoint
+from bangercli.api import load_model
+from bangercli.model.checkpoint import save_checkpoint
 from bangercli.errors import BangerError
-from bangercli.evaluate import evaluate
-from bangercli.model import build_model, model_config
-from bangercli.shards import Shards
-from bangercli.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.windows import header_length, note_starts, piece_windows
+from bangercli.evaluation.evaluate import evaluate
+from bangercli.model.network import build_model, model_config
+from bangercli.data.shards import Shards
+from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.data.windows import piece_windows
 from test_train import make_corpus
 
 
@@ -36,8 +37,8 @@ def checkpoint(path, *, seq_len: int):
 def test_windows_score_every_token_once_and_start_with_the_header(corpus):
     tokenizer = Tokenizer()
     for piece in (np.asarray(p, dtype=np.int64) for p in Shards(corpus, "train")):
-        header = header_length(piece, tokenizer)
-        starts = set(note_starts(piece, tokenizer).tolist())
+        header = tokenizer.header_length(piece)
+        starts = set(tokenizer.note_starts(piece).tolist())
         windows = piece_windows(piece, tokenizer, 40)
         assert sum(len(tokens) - 1 - skip for tokens, skip in windows) == len(piece) - 1
         scored = np.concatenate([tokens[1 + skip :] for tokens, skip in windows])
@@ -89,7 +90,7 @@ def test_tokenizer_mismatch_is_refused(tmp_path):
 
 
 def test_cli_evaluate_json(corpus, tmp_path):
-    from bangercli.cli import app
+    from bangercli.cli.app import app
 
     path = checkpoint(tmp_path / "m.safetensors", seq_len=32)
     result = CliRunner().invoke(app, ["evaluate", str(path), str(corpus), "--json", "--quiet",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bangercli.fastdecode import FastDecoder, UnsupportedModel
-from bangercli.model import PRESETS, build_model
+from bangercli.model.decoder import FastDecoder, UnsupportedModel
+from bangercli.model.network import PRESETS, build_model
 
 CONFIG = PRESETS["tiny"]
 TOLERANCE = 1e-4

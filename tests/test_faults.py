@@ -35,17 +35,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from bangercli.checkpoint import (
+from bangercli.model.checkpoint import (
     load_training_state, read_checkpoint, save_checkpoint, save_training_state,
 )
 from bangercli.errors import BangerError
-from bangercli.files import WriteError, atomic_write, remove_stale_parts
-from bangercli.generate import Request, generate
-from bangercli.model import PRESETS, Banger, build_model, model_config
-from bangercli.output import save_pieces
-from bangercli.preprocess import preprocess
-from bangercli.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.train import Trainer, TrainConfig, train
+from bangercli.atomic_files import WriteError, atomic_write, remove_stale_parts
+from bangercli.generation.generate import generate
+from bangercli.generation.request import Request
+from bangercli.api import Banger
+from bangercli.model.network import PRESETS, build_model, model_config
+from bangercli.generation.save import save_pieces
+from bangercli.data.preprocess import preprocess
+from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.training.train import Trainer, TrainConfig, train
 from cli_runner import run_cli
 from midi_fixtures import band, midi_file, save, tempo, to_bytes, track
 
@@ -58,8 +60,8 @@ TRAIN = dict(max_steps=24, batch_size=4, lr=1e-3, warmup_steps=5, val_every=12, 
 # step reached. Resumed runs keep that setting and go through the real CLI.
 FRESH_TRAIN = """
 import json, sys
-from bangercli.model import model_config
-from bangercli.train import TrainConfig, train
+from bangercli.model.network import model_config
+from bangercli.training.train import TrainConfig, train
 train(sys.argv[1], sys.argv[2], model_config=model_config("tiny", seq_len=32),
       config=TrainConfig(**json.loads(sys.argv[3])), force=True)
 """
@@ -455,7 +457,7 @@ def test_a_kill_inside_a_save_loses_at_most_that_save(train_data, reference_run,
     optimizer state and the weights of the step-6 save (resumes from step 3), then between
     the weights and the optimizer state's rename of the step-9 save (resumes from step 9);
     the run still ends with the uninterrupted run's weights."""
-    import bangercli.train as train_module
+    import bangercli.training.train as train_module
 
     run, config = tmp_path / "run", TrainConfig(**TRAIN)
     real_save, real_commit = train_module.save_checkpoint, Trainer._commit_optimizer_state
@@ -490,7 +492,7 @@ def test_two_kills_in_a_row_inside_saves_keep_a_resumable_pair(train_data, refer
     resumed, then killed before the weights of the step-6 save: the step-6 state must not
     have replaced the step-3 one that last.safetensors still needs (the run resumed from
     last.optim.next.pt gives it its real name first). Seen in CI with random kills."""
-    import bangercli.train as train_module
+    import bangercli.training.train as train_module
 
     run, config = tmp_path / "run", TrainConfig(**TRAIN)
     real_save, real_commit = train_module.save_checkpoint, Trainer._commit_optimizer_state
@@ -570,7 +572,7 @@ def test_train_into_a_read_only_folder(train_data, reference_run, tmp_path, read
 
 def test_a_metrics_line_cut_short_by_a_full_disk_is_dropped(reference_run, tmp_path):
     """A full disk can cut an appended metrics line short; --resume drops it (not a crash)."""
-    from bangercli.train import MetricsLog, write_curves
+    from bangercli.training.log import MetricsLog, write_curves
 
     metrics = tmp_path / "metrics.jsonl"
     lines = (reference_run / "metrics.jsonl").read_text().splitlines()
@@ -664,8 +666,8 @@ def write_midi(path: Path, pieces) -> None:
 def write_audio_preview(path: Path, pieces) -> None:
     import numpy as np
 
-    import bangercli.audio as audio_module
-    from bangercli.output import _write_audio
+    import bangercli.render.audio as audio_module
+    from bangercli.generation.save import _write_audio
 
     silence = np.zeros((44_100, 2), dtype=np.float32)
     with pytest.MonkeyPatch.context() as patch:  # no synthesizer needed: encode one second

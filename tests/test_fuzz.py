@@ -26,11 +26,11 @@ from typing import Callable
 import pytest
 
 from bangercli.errors import BangerError, MidiReadError
-from bangercli.instruments import DRUMS
-from bangercli.preprocess import preprocess
-from bangercli.score import MAX_FILE_BYTES, MAX_QUARTERS
-from bangercli.shards import SPLITS
-from bangercli.tokenizer import Tokenizer
+from bangercli.midi.instruments import DRUMS
+from bangercli.data.preprocess import preprocess
+from bangercli.midi.midifile import MAX_FILE_BYTES, MAX_QUARTERS
+from bangercli.data.shards import SPLITS
+from bangercli.midi.tokenizer import Tokenizer
 from conftest import corpus_files
 from midi_fixtures import END_OF_TRACK, band, merged, mtrk, smf, to_bytes, vlq
 from midi_mutations import MUTATIONS, TOKEN_KINDS, mutate, random_ids
@@ -135,10 +135,10 @@ def check_ids(ids: list[int]) -> None:
     assert ids.count(TOK.START) == ids.count(TOK.END) == 1
     score = TOK.decode_score(ids)
     assert score.invalid_tokens == 0
-    header = score.header["instruments"]
+    header = list(score.header.instruments)
     assert len(set(header)) == len(header)
     assert set(header) == {n.instrument for n in score.notes} - {DRUMS.index}
-    assert score.header["drums"] == any(n.instrument == DRUMS.index for n in score.notes)
+    assert score.header.drums == any(n.instrument == DRUMS.index for n in score.notes)
 
 
 def encode_outcome(data: bytes) -> str:
@@ -306,9 +306,9 @@ def events_file(note_ons: int, *, programs: int = 1, tempos: int = 1) -> bytes:
 def test_more_events_than_the_cap_are_refused_as_they_are_read(monkeypatch):
     """Note-ons, program and tempo changes of all tracks count; one past the cap is refused
     while parsing, before the memory they need (~400 bytes each) is taken."""
-    import bangercli.score
+    import bangercli.midi.midifile
 
-    monkeypatch.setattr(bangercli.score, "MAX_EVENTS", 40)
+    monkeypatch.setattr(bangercli.midi.midifile, "MAX_EVENTS", 40)
     assert len(TOK.read(events_file(38)).notes) == 38
     for data in (events_file(39), events_file(38, programs=2), events_file(38, tempos=2)):
         with pytest.raises(MidiReadError, match="too many events: more than 40 note-ons"):
@@ -415,7 +415,7 @@ def worst_cases() -> dict[str, bytes]:
 CHILD = """
 import json, re, sys, time
 from bangercli.errors import MidiReadError
-from bangercli.tokenizer import Tokenizer
+from bangercli.midi.tokenizer import Tokenizer
 started = time.perf_counter()
 try:
     outcome = f"read: {len(Tokenizer().encode(sys.argv[1])):,} ids"

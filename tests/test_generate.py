@@ -11,13 +11,15 @@ import mido
 import pytest
 import torch
 
-import bangercli.generate as generate_module
+import bangercli.generation.decoding as decoding_module
 from bangercli.errors import UsageError
-from bangercli.generate import Piece, Request, generate
-from bangercli.instruments import DRUMS, INSTRUMENTS
-from bangercli.model import PRESETS, Banger, build_model
-from bangercli.sampling import Grammar, Sampling
-from bangercli.tokenizer import Tokenizer
+from bangercli.generation.generate import Piece, generate
+from bangercli.generation.request import Request
+from bangercli.midi.instruments import DRUMS, INSTRUMENTS
+from bangercli.api import Banger
+from bangercli.model.network import PRESETS, build_model
+from bangercli.generation.sampling import Grammar, Sampling
+from bangercli.midi.tokenizer import Tokenizer
 from midi_fixtures import band, save
 
 CONFIG = PRESETS["tiny"]
@@ -71,7 +73,8 @@ def test_a_reused_model_gives_the_same_pieces_as_a_fresh_one(banger):
 
 
 def test_a_saved_and_loaded_model_gives_the_same_pieces(banger, tmp_path):
-    from bangercli.checkpoint import load_model, save_checkpoint
+    from bangercli.api import load_model
+    from bangercli.model.checkpoint import save_checkpoint
 
     path = save_checkpoint(tmp_path / "tiny.safetensors", banger.model, config=CONFIG,
                            tokenizer_config=banger.tokenizer.config)
@@ -117,7 +120,7 @@ def test_notes_ringing_past_the_end_are_cut_on_the_bar_line(banger, monkeypatch)
     the last bar line, and the file is still exactly that long."""
     tokenizer = banger.tokenizer
     favourites = {tokenizer.time_token(40): 30.0, tokenizer.durvel_token(128, 5): 30.0}
-    monkeypatch.setattr(generate_module, "fast_decoder", lambda _: EagerDecoder(favourites))
+    monkeypatch.setattr(banger, "_decoder", EagerDecoder(favourites))
     piece = generate(banger, Request(instruments=("organ",), drums=False, bars=2, seed=0))[0]
     assert [(n.start, n.duration) for n in piece.notes] == [(40, 24)]
     assert abs(piece.midi.length - 2 * bar_seconds(120.0)) < 1e-6
@@ -128,13 +131,13 @@ def test_a_model_stuck_on_one_onset_still_finishes(banger, monkeypatch):
     stuck like this): after a full chord, time is made to move on, so --bars ends."""
     tokenizer = banger.tokenizer
     favourites = {tokenizer.time_token(0): 30.0, tokenizer.durvel_token(8, 4): 30.0}
-    monkeypatch.setattr(generate_module, "fast_decoder", lambda _: EagerDecoder(favourites))
+    monkeypatch.setattr(banger, "_decoder", EagerDecoder(favourites))
     piece = generate(banger, Request(instruments=("piano",), only=True, drums=False, bars=2,
-                                     seed=0, sampling=Sampling(top_k=1)))[0]
+                                     seed=0, top_k=1))[0]
     assert_grammatical(banger, piece)
-    chord = 3 * generate_module.MAX_CHORD  # TIME(0) DURVEL NOTE, again and again
+    chord = 3 * decoding_module.MAX_CHORD  # TIME(0) DURVEL NOTE, again and again
     body = piece.ids[3:]  # after START, DRUMS_OFF, INSTRUMENT(piano)
-    assert body[:chord:3] == [tokenizer.time_token(0)] * generate_module.MAX_CHORD
+    assert body[:chord:3] == [tokenizer.time_token(0)] * decoding_module.MAX_CHORD
     assert tokenizer.kind(body[chord]) == "time" and body[chord] != tokenizer.time_token(0)
 
 
@@ -170,7 +173,7 @@ def test_an_eager_model_cannot_start_a_note_inside_the_prompt(banger, prompt_fil
     tokenizer = banger.tokenizer
     favourites = {tokenizer.time_token(1): 30.0, tokenizer.time_token(4): 10.0,
                   tokenizer.durvel_token(2, 4): 30.0}
-    monkeypatch.setattr(generate_module, "fast_decoder", lambda _: EagerDecoder(favourites))
+    monkeypatch.setattr(banger, "_decoder", EagerDecoder(favourites))
     prompt_notes = [n for n in tokenizer.read(prompt_file).notes if n.start < STEPS_PER_BAR]
     for piece in generate(banger, Request(prompt=prompt_file, prompt_bars=1, bars=1, seed=0,
                                           variants=2)):
@@ -233,7 +236,7 @@ def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
     """With a vanishing temperature, `generate` (cached, batched, masked) must pick the
     argmax of the plain forward pass over the growing sequence under the same grammar."""
     request = Request(instruments=("piano", "bass"), drums=True, bars=None, tokens=70, seed=0,
-                      sampling=Sampling(temperature=1e-6, top_p=1.0), steer=0.0)
+                      temperature=1e-6, top_p=1.0, steer=0.0)
     piece = generate(banger, request)[0]
     tokenizer = banger.tokenizer
     header = [Tokenizer.START, Tokenizer.DRUMS_ON, tokenizer.instrument_token(0),
@@ -261,29 +264,60 @@ def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
 # --- requests that cannot work -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_, message", [
-    (Request(instruments=("kazoo",)), "unknown instrument"),
-    (Request(bars=0), "--bars"),
-    (Request(bars=-2), "--bars"),
-    (Request(bars=None, tokens=0), "--tokens"),
-    (Request(bars=None), "--bars or --tokens"),
-    (Request(variants=0), "--variants"),
-    (Request(sampling=Sampling(temperature=0.0)), "--temperature"),
-    (Request(sampling=Sampling(temperature=float("nan"))), "--temperature"),
-    (Request(sampling=Sampling(temperature=float("inf"))), "--temperature must be a finite"),
-    (Request(sampling=Sampling(top_p=0.0)), "--top-p"),
-    (Request(sampling=Sampling(top_p=1.5)), "--top-p"),
-    (Request(sampling=Sampling(top_k=-1)), "--top-k"),
-    (Request(bpm=0.0), "--bpm"),
-    (Request(prompt_bars=0), "--prompt-bars"),
-    (Request(only=True), "--only"),
-    (Request(instruments=("drums",), only=True, drums=False), "nothing to play"),
-    (Request(seed=-1), "--seed"),
-    (Request(seed=2**64), "--seed"),
+@pytest.mark.parametrize("options, message", [
+    (dict(instruments=("kazoo",)), "unknown instrument"),
+    (dict(bars=0), "--bars"),
+    (dict(bars=-2), "--bars"),
+    (dict(tokens=0), "--tokens"),
+    (dict(bars=8, tokens=100), "--bars and --tokens contradict"),
+    (dict(variants=0), "--variants"),
+    (dict(temperature=0.0), "--temperature"),
+    (dict(temperature=float("nan")), "--temperature"),
+    (dict(temperature=float("inf")), "--temperature must be a finite"),
+    (dict(top_p=0.0), "--top-p"),
+    (dict(top_p=1.5), "--top-p"),
+    (dict(top_k=-1), "--top-k"),
+    (dict(bpm=0.0), "--bpm"),
+    (dict(prompt="x.mid", prompt_bars=0), "--prompt-bars"),
+    (dict(prompt_bars=3, bars=1), "--prompt-bars needs a --prompt"),
+    (dict(only=True), "--only"),
+    (dict(instruments=("drums",), only=True, drums=False), "nothing to play"),
+    (dict(seed=-1), "--seed"),
+    (dict(seed=2**64), "--seed"),
+    # types: the Python API refuses what the command line could never send
+    (dict(drums="no"), "--drums must be True or False"),
+    (dict(only="false"), "--only must be True or False"),
+    (dict(bars=2.5), "--bars must be a whole number"),
+    (dict(bars=True), "--bars must be a whole number"),
+    (dict(tokens=True), "--tokens must be a whole number"),
+    (dict(bars="8"), "--bars must be a whole number"),
+    (dict(seed="7"), "--seed must be a whole number"),
+    (dict(seed=None), "--seed must be a whole number"),
+    (dict(variants=2.0), "--variants must be a whole number"),
+    (dict(temperature="1"), "--temperature must be a number"),
+    (dict(instruments=[1]), "instrument names are strings"),
+    (dict(instruments=None), "instruments must be a list of names"),
+    (dict(prompt=3), "--prompt must be a path"),
 ])
-def test_impossible_requests_are_usage_errors(banger, request_, message):
+def test_impossible_requests_are_usage_errors(banger, options, message):
     with pytest.raises(UsageError, match=re.escape(message)):
-        generate(banger, request_)
+        Request(**options)
+    with pytest.raises(UsageError, match=re.escape(message)):  # the same through the front door
+        banger.generate(**options)
+
+
+def test_the_front_door_takes_a_request_or_its_fields(banger):
+    request = Request(instruments=("piano",), bars=2, seed=4)
+    by_fields = banger.generate(instruments="piano", bars=2, seed=4)
+    assert [p.ids for p in banger.generate(request)] == [p.ids for p in by_fields]
+    assert Request().bars == 16 and Request(tokens=50).bars is None
+
+
+def test_default_model_refuses_prompt_bars_without_a_prompt():
+    from bangercli import load_model
+
+    with pytest.raises(UsageError, match="--prompt-bars needs a --prompt"):
+        load_model("default").generate(prompt_bars=3, bars=1)
 
 
 def test_unreadable_and_empty_prompts_are_clear_errors(banger, tmp_path):

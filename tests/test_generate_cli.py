@@ -16,12 +16,12 @@ import mido
 import pytest
 import torch
 
-import bangercli.audio as audio_module
-from bangercli.audio import AudioUnavailable
-from bangercli.checkpoint import save_checkpoint
+import bangercli.render.audio as audio_module
+from bangercli.render.audio import AudioUnavailable
+from bangercli.model.checkpoint import save_checkpoint
 from bangercli.errors import BangerError
-from bangercli.model import PRESETS, build_model
-from bangercli.tokenizer import TokenizerConfig
+from bangercli.model.network import PRESETS, build_model
+from bangercli.midi.tokenizer import TokenizerConfig
 from cli_runner import run_cli
 from midi_fixtures import band, save
 

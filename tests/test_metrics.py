@@ -8,18 +8,19 @@ import math
 import pytest
 import torch
 
-from bangercli.checkpoint import load_model, save_checkpoint
-from bangercli.evaluate_music import (
+from bangercli.api import load_model
+from bangercli.model.checkpoint import save_checkpoint
+from bangercli.evaluation.samples import (
     MATCHED_PER_SAMPLE, evaluate_music, header_request, real_pieces, spread,
 )
-from bangercli.instruments import DRUMS, instrument_named
-from bangercli.metrics import (
+from bangercli.midi.instruments import DRUMS, instrument_named
+from bangercli.evaluation.metrics import (
     adherence, empty_beat_rate, groove_consistency, mean_metrics, note_density,
     pitch_class_entropy, polyphony, scale_consistency,
 )
-from bangercli.model import build_model, model_config
-from bangercli.score import Note
-from bangercli.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.model.network import build_model, model_config
+from bangercli.midi.midifile import Header, Note
+from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
 from test_train import make_corpus
 
 PIANO = instrument_named("piano").index
@@ -116,11 +117,11 @@ def test_spread_picks_evenly_and_never_more_than_there_are():
 
 
 def test_a_header_asks_for_its_instruments_lead_first_and_its_drums_flag():
-    header = {"drums": True, "instruments": [GUITAR, DRUMS.index, BASS]}
+    header = Header(drums=True, instruments=(GUITAR, DRUMS.index, BASS))
     assert header_request(header) == (("guitar", "drums", "bass"), True)
-    assert header_request({"drums": False, "instruments": []}) == ((), False)
+    assert header_request(Header(drums=False)) == ((), False)
     # a drum track alone asks for drums only, not for drums and whatever band the model adds
-    assert header_request({"drums": True, "instruments": []}) == (("drums",), True)
+    assert header_request(Header(drums=True)) == (("drums",), True)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 import bangercli
-from bangercli.checkpoint import (
-    CHECKPOINT_VERSION, load_checkpoint, load_model, read_checkpoint, save_checkpoint,
+from bangercli.api import Banger, load_checkpoint, load_model
+from bangercli.model.checkpoint import (
+    CHECKPOINT_VERSION, read_checkpoint, save_checkpoint,
 )
 from bangercli.errors import BangerError, UsageError
-from bangercli.model import (
-    PRESETS, Banger, ModelConfig, build_model, count_parameters, model_config,
+from bangercli.model.network import (
+    PRESETS, ModelConfig, build_model, count_parameters, model_config,
 )
-from bangercli.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
 
 
 def tiny_model(seed: int = 0):

@@ -14,12 +14,14 @@ import mido
 import pytest
 import torch
 
-import bangercli.output as output_module
+import bangercli.generation.save as output_module
 from bangercli.errors import BangerError, OutputExistsError, UsageError
-from bangercli.generate import Request, generate
-from bangercli.model import PRESETS, Banger, build_model
-from bangercli.output import check_template, save_pieces
-from bangercli.tokenizer import Tokenizer
+from bangercli.generation.generate import generate
+from bangercli.generation.request import Request
+from bangercli.api import Banger
+from bangercli.model.network import PRESETS, build_model
+from bangercli.generation.save import check_template, save_pieces
+from bangercli.midi.tokenizer import Tokenizer
 
 CONFIG = PRESETS["tiny"]
 

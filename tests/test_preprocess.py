@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bangercli.cli import app
+from bangercli.cli.app import app
 from bangercli.errors import DataError, OutputExistsError, UsageError
-from bangercli.instruments import INSTRUMENTS
-from bangercli.preprocess import PreprocessOptions, find_midi_files, preprocess
-from bangercli.score import Note
-from bangercli.shards import SPLITS, Shards, load_manifest
-from bangercli.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.midi.instruments import INSTRUMENTS
+from bangercli.data.preprocess import PreprocessOptions, find_midi_files, preprocess
+from bangercli.midi.midifile import Note
+from bangercli.data.shards import SPLITS, Shards, load_manifest
+from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
 from midi_fixtures import TPB, band, midi_file, note, program, save, tempo, to_bytes, track
 
 TOK = Tokenizer()
@@ -212,12 +212,12 @@ def test_filters_for_size_length_and_drums_only(corpus, tmp_path):
 
 
 def test_files_over_the_size_limit_are_skipped_unread(tmp_path, monkeypatch):
-    import bangercli.preprocess
+    import bangercli.data.preprocess
 
     small, big = to_bytes(band(31, bars=1)), to_bytes(band(32, bars=8))
     save(small, tmp_path / "in" / "small.mid")
     save(big, tmp_path / "in" / "big.mid")
-    monkeypatch.setattr(bangercli.preprocess, "MAX_FILE_BYTES", len(small))
+    monkeypatch.setattr(bangercli.data.preprocess, "MAX_FILE_BYTES", len(small))
     report = preprocess([tmp_path / "in"], tmp_path / "data", workers=1)
     assert report.kept["train"] + report.kept["validation"] == 1
     skipped = read_skipped(tmp_path / "data")

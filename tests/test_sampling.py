@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bangercli.generate import Request, generate
-from bangercli.instruments import DRUMS, instrument_named
-from bangercli.model import PRESETS, Banger, build_model
-from bangercli.sampling import (
+from bangercli.generation.generate import generate
+from bangercli.generation.request import Request
+from bangercli.midi.instruments import DRUMS, instrument_named
+from bangercli.api import Banger
+from bangercli.model.network import PRESETS, build_model
+from bangercli.generation.sampling import (
     AFTER_DURVEL,
     AFTER_LONG_TIME,
     AFTER_TIME,
@@ -20,7 +22,7 @@ from bangercli.sampling import (
     Sampling,
     sample,
 )
-from bangercli.tokenizer import Tokenizer
+from bangercli.midi.tokenizer import Tokenizer
 
 TOKENIZER = Tokenizer()
 VOCAB = TOKENIZER.vocab_size
@@ -88,7 +90,7 @@ def test_untruncated_rows_sample_from_the_whole_distribution():
 def test_top_p_never_cuts_time_or_duration_only_pitch(banger, monkeypatch):
     """generate() asks for untruncated sampling exactly where a TIME or DURVEL token comes
     next: cutting the tail of those made pieces denser (fewer rests, shorter notes)."""
-    import bangercli.generate as generate_module
+    import bangercli.generation.decoding as decoding_module
 
     seen = []
 
@@ -97,7 +99,7 @@ def test_top_p_never_cuts_time_or_duration_only_pitch(banger, monkeypatch):
         seen.append((kinds, bool(untruncated[0])))
         return sample(logits, allowed, options, generator, untruncated=untruncated)
 
-    monkeypatch.setattr(generate_module, "sample", spy)
+    monkeypatch.setattr(decoding_module, "sample", spy)
     generate(banger, Request(instruments=("piano",), drums=False, only=True, bars=None,
                              tokens=30, seed=1))
     assert seen and all(flag == (kinds <= {"time", "durvel"}) for kinds, flag in seen), seen
@@ -224,7 +226,7 @@ def test_only_the_instruments_in_the_header_play(banger):
         for piece in generate(banger, Request(instruments=("guitar",), drums=True, bars=None,
                                               tokens=60, variants=2, seed=seed)):
             score = decoded(banger, piece)
-            listed = score.header["instruments"]
+            listed = list(score.header.instruments)
             assert listed[0] == guitar and len(listed) == len(set(listed)), listed
             assert {n.instrument for n in score.notes} <= set(listed) | {drums}, f"seed {seed}"
             added += len(listed) - 1
@@ -259,15 +261,13 @@ def test_no_note_is_played_twice_at_one_onset(banger):
         def step(self, *args):
             return self._bias(self.inner.step(*args))
 
-    import bangercli.generate as generate_module
-
-    real = generate_module.fast_decoder(banger)
-    banger._fast_decoder = Stubborn(real)
+    real = banger.decoder
+    banger._decoder = Stubborn(real)
     try:
         pieces = generate(banger, Request(instruments=("piano",), only=True, drums=False,
                                           bars=None, tokens=90, variants=2, seed=3))
     finally:
-        banger._fast_decoder = real
+        banger._decoder = real
     for piece in pieces:
         score = decoded(banger, piece)
         note_tokens = sum(banger.tokenizer.kind(t) == "note" for t in piece.ids)

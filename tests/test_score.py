@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bangercli.errors import BangerError, MidiReadError
-from bangercli.score import Grid, Note, read_score
-from bangercli.tokenizer import Tokenizer
+from bangercli.midi.midifile import Grid, Note, read_score
+from bangercli.midi.tokenizer import Tokenizer
 from conftest import corpus_files
 from midi_fixtures import (
     END_OF_TRACK,
@@ -376,10 +376,10 @@ def test_missing_files_and_directories_raise_midi_read_error(tmp_path, tokenizer
 
 
 def test_files_over_the_size_limit_are_refused_unread(tmp_path, monkeypatch, tokenizer):
-    import bangercli.score
+    import bangercli.midi.midifile
 
     path = save(band(8), tmp_path / "big.mid")
-    monkeypatch.setattr(bangercli.score, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(bangercli.midi.midifile, "MAX_FILE_BYTES", 100)
     with pytest.raises(MidiReadError, match="too large"):
         tokenizer.encode(path)
     with pytest.raises(MidiReadError, match="too large"):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bangercli.generate import Request, generate
-from bangercli.instruments import instrument_named
-from bangercli.model import PRESETS, Banger, build_model
-from bangercli.sampling import AFTER_DURVEL, EXPECT_TIME, Steering
-from bangercli.tokenizer import Tokenizer
+from bangercli.generation.generate import generate
+from bangercli.generation.request import Request
+from bangercli.midi.instruments import instrument_named
+from bangercli.api import Banger
+from bangercli.model.network import PRESETS, build_model
+from bangercli.generation.sampling import AFTER_DURVEL, EXPECT_TIME, Steering
+from bangercli.midi.tokenizer import Tokenizer
 
 GUITAR, BASS = instrument_named("guitar").index, instrument_named("bass").index
 
@@ -71,7 +73,7 @@ def test_steer_out_of_range_is_a_usage_error():
 
 
 def test_sampling_draws_from_the_softmax_of_the_allowed_tokens():
-    from bangercli.sampling import Sampling, sample
+    from bangercli.generation.sampling import Sampling, sample
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]]).clamp(min=1e-9)).repeat(20000, 1)
     allowed = torch.tensor([[True, True, True, False]]).repeat(20000, 1)

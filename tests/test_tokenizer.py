@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bangercli.errors import BangerError, UsageError
-from bangercli.instruments import (
+from bangercli.midi.instruments import (
     DRUM_CHANNEL,
     DRUMS,
     INSTRUMENTS,
@@ -22,8 +22,8 @@ from bangercli.instruments import (
     category_of,
     instrument_named,
 )
-from bangercli.score import Note, channel_of, normalize
-from bangercli.tokenizer import TOKENIZER_FORMAT, Tokenizer, TokenizerConfig
+from bangercli.midi.midifile import Header, Note, channel_of, normalize
+from bangercli.midi.tokenizer import TOKENIZER_FORMAT, Tokenizer, TokenizerConfig
 from conftest import corpus_files
 from midi_fixtures import (
     DRUMS as DRUM_CH,
@@ -344,8 +344,8 @@ def test_malformed_sequences_decode_and_count_invalid_tokens(ids, notes, invalid
 
 def test_decoded_header_is_reported():
     score = TOK.decode_score([1, 4, 8, 5, *GOOD_NOTE])
-    assert score.header == {"drums": True, "instruments": [3, 0]}
-    assert TOK.decode_score(GOOD_NOTE).header == {"drums": None, "instruments": []}
+    assert score.header == Header(drums=True, instruments=(3, 0))
+    assert TOK.decode_score(GOOD_NOTE).header == Header(drums=None, instruments=())
 
 
 def test_an_instrument_named_twice_in_the_header_gets_one_track():

@@ -16,16 +16,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bangercli.checkpoint import load_model, read_checkpoint
+from bangercli.api import load_model
+from bangercli.model.checkpoint import read_checkpoint
 from bangercli.errors import BangerError, DataError, OutputExistsError, UsageError
-from bangercli.instruments import DRUMS
-from bangercli.model import model_config
-from bangercli.preprocess import PreprocessOptions, preprocess
-from bangercli.score import Note, Score
-from bangercli.shards import Shards
-from bangercli.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.train import TrainConfig, TrainingInterrupted, train
-from bangercli.windows import WindowSampler, header_length, note_starts, transpose_notes
+from bangercli.midi.instruments import DRUMS
+from bangercli.model.network import model_config
+from bangercli.data.preprocess import PreprocessOptions, preprocess
+from bangercli.midi.midifile import Note, Score
+from bangercli.data.shards import Shards
+from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
+from bangercli.training.train import TrainConfig, TrainingInterrupted, train
+from bangercli.data.augment import transpose_notes
+from bangercli.data.windows import WindowSampler
 
 
 def make_corpus(
@@ -72,10 +74,10 @@ def test_every_window_is_header_then_a_crop_from_a_note_boundary(corpus):
         index = int(rng.integers(len(shards)))
         piece = np.asarray(shards[index], dtype=np.int64)
         window = sampler.window(index, rng)
-        header = header_length(piece, tokenizer)
+        header = tokenizer.header_length(piece)
         assert len(window) <= 49 and np.array_equal(window[:header], piece[:header])
         crop = window[header:]
-        starts = [s for s in note_starts(piece, tokenizer)
+        starts = [s for s in tokenizer.note_starts(piece)
                   if np.array_equal(piece[s : s + len(crop)], crop)]
         assert starts, "the crop must begin on a note boundary of its piece"
         if len(window) < 49:  # a short window is the one that reaches the piece's END
@@ -199,7 +201,7 @@ def test_resume_on_data_with_another_tokenizer_is_refused(corpus, tmp_path):
 
 
 def test_cli_train_prints_the_best_checkpoint(corpus, tmp_path):
-    from bangercli.cli import app
+    from bangercli.cli.app import app
 
     args = ["train", str(corpus), "--out", str(tmp_path / "run"), "--preset", "tiny",
             "--seq-len", "32", "--max-steps", "3", "--batch-size", "4", "--device", "cpu",
@@ -254,7 +256,7 @@ def test_cuda_training_with_bf16_autocast(corpus, tmp_path):
 @pytest.mark.gpu
 @needs_cuda
 def test_data_parallel_over_all_visible_gpus(corpus, tmp_path):
-    from bangercli.runtime import setup_runtime
+    from bangercli.training.devices import setup_runtime
 
     runtime = setup_runtime("cuda")
     assert runtime.gpus == torch.cuda.device_count()
@@ -264,7 +266,7 @@ def test_data_parallel_over_all_visible_gpus(corpus, tmp_path):
 
 
 def test_out_of_memory_is_one_clear_error_and_writes_nothing(corpus, tmp_path, monkeypatch):
-    from bangercli.model import NextTokenLoss
+    from bangercli.model.network import NextTokenLoss
 
     def exhausted(self, inputs, targets):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -278,7 +280,7 @@ def test_out_of_memory_is_one_clear_error_and_writes_nothing(corpus, tmp_path, m
 
 def test_a_cuda_index_the_machine_lacks_is_a_usage_error(monkeypatch):
     """--device cuda:N is checked against the GPUs there are, not found out at .to(device)."""
-    from bangercli.runtime import pick_device
+    from bangercli.training.devices import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

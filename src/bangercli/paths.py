@@ -29,5 +29,5 @@ def user_models_dir() -> Path:
 
 
 def package_models_dir() -> Path:
-    """Models shipped inside the package: ``bangercli/models/<name>.safetensors``."""
-    return Path(__file__).resolve().parent / "models"
+    """Models shipped inside the package: ``bangercli/weights/<name>.safetensors``."""
+    return Path(__file__).resolve().parent / "weights"

@@ -1,0 +1,99 @@
+"""`banger generate`: the command the product exists for. A thin layer over generate/output."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import (
+    Progress, check_model_name, check_output_folder, removed_if_failed, stderr,
+)
+from ..errors import MidiReadError, UsageError
+
+AUDIO_CHOICES = ("mp3", "wav", "flac", "none")
+
+
+def generate(
+    instrument: List[str] = typer.Option(
+        [], "--instrument", "-i", help="Instrument category (repeatable; the first is the lead). "
+        "See `banger instruments`."),
+    only: bool = typer.Option(False, "--only", help="Only the listed instruments (plus drums when on)."),
+    drums: Optional[bool] = typer.Option(None, "--drums/--no-drums",
+                                         help="Drums on or off (default: the model chooses)."),
+    bars: Optional[int] = typer.Option(None, "--bars",
+                                       help="Length in 4/4 bars (after the prompt) [16]."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Length in tokens instead of bars."),
+    variants: int = typer.Option(1, "--variants", "-n", help="How many pieces to generate."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass, in (0, 1]."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens (0 = off)."),
+    steer: float = typer.Option(3.0, "--steer", help="Logit bonus for requested instruments "
+                                "while missing or behind the lead (0 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a fresh one, "
+                                       "printed in the results)."),
+    bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo (default: the prompt's, or 120)."),
+    prompt: Optional[Path] = typer.Option(None, "--prompt", help="A MIDI file to continue."),
+    prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars",
+                                              help="Bars of the prompt to keep (default: all)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model name or checkpoint path."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for the files."),
+    name: str = typer.Option("{lead}-{seed}-{n}", "--name",
+                             help="File name template: {lead} {instruments} {drums} {seed} {n} "
+                             "{bars} {bpm}."),
+    audio: str = typer.Option("mp3", "--audio", help="Audio preview: mp3, wav, flac or none."),
+    soundfont: Optional[Path] = typer.Option(None, "--soundfont",
+                                             help="A .sf2/.sf3 General MIDI soundfont."),
+    piano_roll: bool = typer.Option(False, "--piano-roll", help="Also write a PNG piano roll."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per piece."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or warnings."),
+) -> None:
+    """Generate new multitrack MIDI files (and audio previews) with a model."""
+    from ..generation.request import Request
+
+    check_model_name(model)
+    if audio not in AUDIO_CHOICES:
+        raise UsageError(f"unknown --audio {audio!r}", hint=f"choose one of: {', '.join(AUDIO_CHOICES)}")
+    if prompt is not None and not prompt.is_file():
+        raise UsageError(f"prompt {prompt} is not a file", hint="pass a .mid file to --prompt")
+    if soundfont is not None:
+        from ..render.audio import check_soundfont
+
+        check_soundfont(soundfont)
+    check_output_folder(out)
+    request = Request(
+        instruments=tuple(instrument), only=only, drums=drums, bars=bars, tokens=tokens,
+        variants=variants, seed=secrets.randbelow(1_000_000) if seed is None else seed, bpm=bpm,
+        prompt=prompt, prompt_bars=prompt_bars, temperature=temperature, top_p=top_p,
+        top_k=top_k, steer=steer,
+    )
+    from ..generation.save import check_template, save_pieces
+
+    check_template(name, seed=request.seed, variants=request.variants)
+    pieces, steps_per_bar = _generate(model, request, quiet)
+
+    warn = (lambda message: None) if quiet else (
+        lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
+    with removed_if_failed(out):
+        saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
+                            soundfont=soundfont, piano_roll=piano_roll, force=force,
+                            steps_per_bar=steps_per_bar, warn=warn)
+    for record in saved:
+        print(json.dumps(record.to_json()) if as_json else str(record.midi), flush=True)
+
+
+def _generate(model_name: str, request, quiet: bool):
+    from ..api import load_model
+
+    banger = load_model(model_name)
+    with Progress(quiet, "generating") as update:
+        try:
+            pieces = banger.generate(request, progress=update)
+        except MidiReadError as err:  # only the prompt is read: say which file is broken
+            raise MidiReadError(f"--prompt {request.prompt}: {err.message}",
+                                hint=err.hint) from None
+    return pieces, banger.tokenizer.config.steps_per_bar

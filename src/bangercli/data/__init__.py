@@ -1,0 +1,1 @@
+"""Training data: `banger preprocess` (MIDI collection -> token shards), windows, augmentation."""

@@ -1,0 +1,1 @@
+"""`banger evaluate`: held-out loss and accuracy, musical metrics, control adherence."""

@@ -1,0 +1,136 @@
+"""A musician's request: declared once, validated once.
+
+`Request(...)` is the one constructor that `Banger.generate(**options)`, the command line and
+the evaluation all go through. Every semantic check and every bound lives here, so a request
+that exists is a request generation can honour: types, ranges, lengths and contradictions
+are refused with a `UsageError` naming the command-line flag.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from dataclasses import dataclass, fields
+
+import mido
+
+from ..checks import check_seed
+from ..errors import UsageError
+from ..midi.instruments import instrument_named
+from .sampling import Sampling
+
+DEFAULT_BARS = 16  # the length when neither bars nor tokens is given
+BPM_RANGE = (10, 400)
+STEER_RANGE = (0, 10)
+
+
+@dataclass(frozen=True)
+class Request:
+    instruments: tuple[str, ...] = ()  # category names, lead first; empty = the model chooses
+    only: bool = False  # no notes of instruments other than `instruments` (and drums if on)
+    drums: bool | None = None  # drums on/off; None = the model chooses
+    bars: int | None = None  # length in 4/4 bars after the prompt (None: 16, unless `tokens`)
+    tokens: int | None = None  # or: length in generated tokens (then `bars` stays None)
+    variants: int = 1  # pieces, generated a batch at a time
+    seed: int = 0  # same seed and options -> same pieces
+    bpm: float | None = None  # tempo; None = the prompt's, or 120
+    prompt: str | os.PathLike | bytes | mido.MidiFile | None = None  # a MIDI file to continue
+    prompt_bars: int | None = None  # bars of the prompt kept verbatim; None = all of it
+    temperature: float = 1.0  # < 1 is safer, > 1 more adventurous
+    top_p: float = 0.95  # nucleus sampling mass for the note choice, in (0, 1]
+    top_k: int = 0  # sample the note among the k likeliest (0 = off)
+    steer: float = 3.0  # logit bonus for requested instruments that are missing or behind (0 = off)
+
+    def __post_init__(self) -> None:
+        instruments = self.instruments
+        if isinstance(instruments, str):
+            instruments = (instruments,)
+        if instruments is None or not _iterable(instruments):
+            raise UsageError(f"instruments must be a list of names, got {instruments!r}",
+                             hint="e.g. instruments=['guitar', 'bass']; see `banger instruments`")
+        instruments = tuple(instruments)
+        for name in instruments:
+            if not isinstance(name, str):
+                raise UsageError(f"instrument names are strings, got {name!r}",
+                                 hint="see `banger instruments`")
+        object.__setattr__(self, "instruments", instruments)
+        _check_types(self)
+        self._check_values()
+        if self.bars is not None and self.tokens is not None:
+            raise UsageError("--bars and --tokens contradict each other", hint="give one length")
+        if self.bars is None and self.tokens is None:
+            object.__setattr__(self, "bars", DEFAULT_BARS)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+
+    def _check_values(self) -> None:
+        if self.bars is not None and self.bars < 1:
+            raise UsageError(f"--bars must be at least 1, got {self.bars}")
+        if self.tokens is not None and self.tokens < 1:
+            raise UsageError(f"--tokens must be at least 1, got {self.tokens}")
+        if self.variants < 1:
+            raise UsageError(f"--variants must be at least 1, got {self.variants}")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0, got {self.top_k}")
+        if self.bpm is not None and not BPM_RANGE[0] <= self.bpm <= BPM_RANGE[1]:
+            raise UsageError(f"--bpm must be between {BPM_RANGE[0]} and {BPM_RANGE[1]}, "
+                             f"got {self.bpm}")
+        if self.prompt_bars is not None and self.prompt_bars < 1:
+            raise UsageError(f"--prompt-bars must be at least 1, got {self.prompt_bars}")
+        if self.prompt_bars is not None and self.prompt is None:
+            raise UsageError("--prompt-bars needs a --prompt")
+        if self.only and not self.instruments:
+            raise UsageError("--only needs at least one --instrument")
+        for name in self.instruments:
+            instrument_named(name)
+        if self.only and self.drums is False and all(instrument_named(name).is_drums
+                                                     for name in self.instruments):
+            raise UsageError("--only drums with --no-drums leaves nothing to play")
+        if not STEER_RANGE[0] <= self.steer <= STEER_RANGE[1]:
+            raise UsageError(f"--steer must be between {STEER_RANGE[0]} and {STEER_RANGE[1]}, "
+                             f"got {self.steer}")
+        check_seed(self.seed)
+
+
+# The type each field must have; `None` is allowed where the default is None.
+_INTEGERS = ("bars", "tokens", "variants", "seed", "prompt_bars", "top_k")
+_NUMBERS = ("bpm", "temperature", "top_p", "steer")
+_FLAGS = ("only", "drums")
+_FLAG_NAMES = {"tokens": "--tokens", "variants": "--variants", "seed": "--seed", "bpm": "--bpm",
+               "prompt_bars": "--prompt-bars", "top_k": "--top-k", "top_p": "--top-p"}
+
+
+def _check_types(request: Request) -> None:
+    defaults = {f.name: f.default for f in fields(request)}
+    for name in _INTEGERS + _NUMBERS + _FLAGS:
+        value = getattr(request, name)
+        if value is None and defaults[name] is None:
+            continue
+        flag = _FLAG_NAMES.get(name, f"--{name}")
+        if name in _FLAGS:
+            if not isinstance(value, bool):
+                raise UsageError(f"{flag} must be True or False, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(
+                value, numbers.Integral if name in _INTEGERS else numbers.Real):
+            kind = "a whole number" if name in _INTEGERS else "a number"
+            raise UsageError(f"{flag} must be {kind}, got {value!r}")
+        elif name in _NUMBERS and not math.isfinite(value):  # inf would sample forever
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    prompt = request.prompt
+    if prompt is not None and not isinstance(prompt, (str, os.PathLike, bytes, mido.MidiFile)):
+        raise UsageError(f"--prompt must be a path to a MIDI file, got {prompt!r}")
+
+
+def _iterable(value) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""The network (an x-transformers decoder), the fast cached decoder, the checkpoint format."""

@@ -1,0 +1,1 @@
+"""What a musician sees and hears: audio previews and piano rolls."""

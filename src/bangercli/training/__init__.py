@@ -1,0 +1,1 @@
+"""`banger train`: the training loop, its log and curves, devices (CUDA, DataParallel, DDP)."""
