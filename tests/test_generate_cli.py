@@ -208,13 +208,13 @@ def test_without_a_soundfont_the_midi_is_written_with_one_warning(cli, out, monk
         raise AudioUnavailable("no General MIDI soundfont found", hint=audio_module.INSTALL_HINT)
 
     monkeypatch.setattr(audio_module, "find_soundfont", no_soundfont)
-    code, stdout, stderr = cli("--seed", 1, "--bars", 1, audio="mp3")
+    code, stdout, stderr = cli("--seed", 1, "--bars", 1, "--synth", "fluidsynth", audio="mp3")
     assert code == 0
     assert [Path(line).name for line in stdout.splitlines()] == files_in(out)
     assert files_in(out) and all(name.endswith(".mid") for name in files_in(out))
     lines = stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: no audio preview"), stderr
-    code, _, stderr = cli("--seed", 2, "--bars", 1, "--quiet", audio="mp3")
+    code, _, stderr = cli("--seed", 2, "--bars", 1, "--quiet", "--synth", "fluidsynth", audio="mp3")
     assert code == 0 and stderr == ""
 
 
@@ -239,7 +239,8 @@ SOUNDFONT = _soundfont()  # audio previews work here: FluidSynth and a soundfont
 @pytest.mark.skipif(not _fluidsynth_importable(), reason="pyfluidsynth or libfluidsynth missing")
 def test_a_missing_banger_soundfont_is_an_error(cli, out, monkeypatch, tmp_path):
     monkeypatch.setenv("BANGER_SOUNDFONT", str(tmp_path / "nope.sf2"))
-    assert_one_error_line(*cli("--seed", 1, "--bars", 1, audio="wav"), "BANGER_SOUNDFONT")
+    assert_one_error_line(*cli("--seed", 1, "--bars", 1, "--synth", "fluidsynth", audio="wav"),
+                          "BANGER_SOUNDFONT")
     assert files_in(out) == []
 
 

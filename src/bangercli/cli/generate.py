@@ -15,6 +15,7 @@ from .common import (
 from ..errors import MidiReadError, UsageError
 
 AUDIO_CHOICES = ("mp3", "wav", "flac", "none")
+SYNTH_CHOICES = ("builtin", "fluidsynth")
 
 
 def generate(
@@ -45,8 +46,12 @@ def generate(
                              help="File name template: {lead} {instruments} {drums} {seed} {n} "
                              "{bars} {bpm}."),
     audio: str = typer.Option("mp3", "--audio", help="Audio preview: mp3, wav, flac or none."),
+    synth: str = typer.Option("builtin", "--synth",
+                              help="Audio renderer: builtin (pip only, the same sound everywhere) "
+                              "or fluidsynth (needs libfluidsynth)."),
     soundfont: Optional[Path] = typer.Option(None, "--soundfont",
-                                             help="A .sf2/.sf3 General MIDI soundfont."),
+                                             help="A .sf2/.sf3 General MIDI soundfont "
+                                             "(default: the built-in one)."),
     piano_roll: bool = typer.Option(False, "--piano-roll", help="Also write a PNG piano roll."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per piece."),
@@ -58,12 +63,15 @@ def generate(
     check_model_name(model)
     if audio not in AUDIO_CHOICES:
         raise UsageError(f"unknown --audio {audio!r}", hint=f"choose one of: {', '.join(AUDIO_CHOICES)}")
+    if synth not in SYNTH_CHOICES:
+        raise UsageError(f"unknown --synth {synth!r}",
+                         hint=f"choose one of: {', '.join(SYNTH_CHOICES)}")
     if prompt is not None and not prompt.is_file():
         raise UsageError(f"prompt {prompt} is not a file", hint="pass a .mid file to --prompt")
     if soundfont is not None:
         from ..render.audio import check_soundfont
 
-        check_soundfont(soundfont)
+        check_soundfont(soundfont, synth=synth)
     check_output_folder(out)
     request = Request(
         instruments=tuple(instrument), only=only, drums=drums, bars=bars, tokens=tokens,
@@ -80,7 +88,7 @@ def generate(
         lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
     with removed_if_failed(out):
         saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
-                            soundfont=soundfont, piano_roll=piano_roll, force=force,
+                            soundfont=soundfont, synth=synth, piano_roll=piano_roll, force=force,
                             steps_per_bar=steps_per_bar, warn=warn)
     for record in saved:
         print(json.dumps(record.to_json()) if as_json else str(record.midi), flush=True)

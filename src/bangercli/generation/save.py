@@ -89,10 +89,17 @@ def stem_of(template: str, piece: Piece, n: int) -> str:
 
 def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: str = "{lead}-{seed}-{n}",
                 audio: str | None = "mp3", soundfont: str | os.PathLike | None = None,
-                piano_roll: bool = False, force: bool = False, steps_per_bar: int = 32,
+                synth: str = "builtin", piano_roll: bool = False, force: bool = False,
+                steps_per_bar: int = 32,
                 warn: Callable[[str], None] = lambda message: None) -> list[Saved]:
-    """Write each piece's MIDI (and audio preview and piano roll, when asked)."""
+    """Write each piece's MIDI (and audio preview and piano roll, when asked). Audio is
+    rendered by `synth`: "builtin" (always available) or "fluidsynth" (without the library
+    or a soundfont: a warning and no audio)."""
     check_template(template, seed=pieces[0].seed if pieces else 0, variants=len(pieces))
+    if audio:
+        from ..render.audio import check_synth
+
+        check_synth(synth)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +118,7 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
                 if (out_dir / (stem + suffix)).exists():
                     raise OutputExistsError(f"{out_dir / (stem + suffix)} already exists",
                                             hint="pass --force to overwrite, or another --seed/--name")
-    font = _soundfont_or_warn(soundfont, warn) if audio else None
+    font = _soundfont_or_warn(soundfont, synth, warn) if audio else None
     saved = []
     written: list[tuple[Path, int]] = []  # (file, inode) this call created
     try:
@@ -121,7 +128,8 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
             record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(), force))
             written.append((record.midi, record.midi.stat().st_ino))
             if font is not None:
-                record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio, force)
+                record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio, force,
+                                            synth)
                 written.append((record.audio, record.audio.stat().st_ino))
             if piano_roll:
                 record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png", force,
@@ -148,13 +156,17 @@ def _remove_own(written: list[tuple[Path, int]]) -> None:
             pass
 
 
-def _soundfont_or_warn(soundfont, warn):
+def _soundfont_or_warn(soundfont, synth: str, warn: Callable[[str], None]) -> Path | None:
+    """The checked soundfont for `synth`, before anything is written. The built-in renderer
+    always has one (the shipped file unless --soundfont), so only FluidSynth can warn."""
     from ..render.audio import AudioUnavailable, load_fluidsynth, find_soundfont
     from ..paths import banger_home
 
+    if synth == "builtin":
+        return find_soundfont(soundfont, synth=synth)
     try:
         load_fluidsynth()
-        return find_soundfont(soundfont, data_dir=banger_home())
+        return find_soundfont(soundfont, synth=synth, data_dir=banger_home())
     except AudioUnavailable as err:
         warn(f"no audio preview: {err} ({err.hint})")
         return None
@@ -164,10 +176,11 @@ def _write(path: Path, data: bytes, force: bool) -> Path:
     return _commit(path, force, lambda temporary: temporary.write_bytes(data))
 
 
-def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool) -> Path:
+def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool,
+                 synth: str = "builtin") -> Path:
     from ..render.audio import encode_audio, render
 
-    samples = render(piece.midi, font, end_seconds=piece.seconds)
+    samples = render(piece.midi, font, synth=synth, end_seconds=piece.seconds)
 
     def encode(temporary: Path) -> None:
         try:

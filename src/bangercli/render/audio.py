@@ -1,7 +1,10 @@
-"""Audio previews: render MIDI offline with FluidSynth and write MP3, WAV or FLAC.
+"""Audio previews: render MIDI offline and write MP3, WAV or FLAC.
 
-No audio driver is opened: the synthesizer is stepped by hand between MIDI events and its
-samples collected, so rendering works on servers and runs faster than realtime.
+Two renderers. "builtin", the default, is symusic's synthesizer playing the soundfont shipped
+inside the package (synth.py): it needs nothing beyond pip and gives the same samples on every
+machine. "fluidsynth" drives libfluidsynth through pyfluidsynth where that library is
+installed: no audio driver is opened, the synthesizer is stepped by hand between MIDI events
+and its samples collected, so rendering works on servers and runs faster than realtime.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ import numpy as np
 
 from ..errors import BangerError, UsageError
 from ..atomic_files import atomic_write
+from . import soundfont as soundfont_check
+from . import synth as builtin
+from .synth import SAMPLE_RATE, TAIL_SECONDS
 
 AUDIO_FORMATS = ("mp3", "wav", "flac")
-SAMPLE_RATE = 44_100
-TAIL_SECONDS = 1.5  # let the last notes ring out
+SYNTHS = ("builtin", "fluidsynth")
 DRUM_BANK = 128
 
 INSTALL_HINT = (
-    "to get audio previews install FluidSynth and a General MIDI soundfont "
-    "(Debian/Ubuntu: apt-get install fluidsynth fluid-soundfont-gm; macOS: brew install fluid-synth "
-    "and put a .sf2 in the banger data folder), or pass --soundfont FILE.sf2"
+    "install FluidSynth and a General MIDI soundfont (Debian/Ubuntu: apt-get install fluidsynth "
+    "fluid-soundfont-gm; macOS: brew install fluid-synth, then put a .sf2 in the banger data "
+    "folder or pass --soundfont FILE.sf2), or leave out --synth fluidsynth: the built-in "
+    "renderer needs neither"
 )
 SYSTEM_SOUNDFONTS = (
     "/usr/share/sounds/sf2/default-GM.sf2",
@@ -43,14 +49,28 @@ SYSTEM_SOUNDFONTS = (
 
 
 class AudioUnavailable(BangerError):
-    """No FluidSynth library or no soundfont: MIDI is still written, audio is not."""
+    """--synth fluidsynth without the FluidSynth library or a soundfont: MIDI is still
+    written, audio is not. (The built-in renderer is always available.)"""
 
 
-def find_soundfont(explicit: str | os.PathLike | None = None, *, data_dir: Path | None = None) -> Path:
-    """The soundfont to use: `explicit`, then $BANGER_SOUNDFONT, then the user data folder
+def check_synth(synth: str) -> str:
+    """`synth` if it names a renderer; a one-line UsageError listing them otherwise."""
+    if synth not in SYNTHS:
+        raise UsageError(f"unknown --synth {synth!r}", hint=f"choose one of: {', '.join(SYNTHS)}")
+    return synth
+
+
+def find_soundfont(explicit: str | os.PathLike | None = None, *, synth: str = "builtin",
+                   data_dir: Path | None = None) -> Path:
+    """The soundfont to use, checked: `explicit` (--soundfont) when given. Otherwise, for the
+    built-in renderer, always the shipped soundfont, so that the same request sounds the same
+    on every machine; for FluidSynth, $BANGER_SOUNDFONT, then the user data folder
     (`<data dir>/soundfonts/*.sf2|*.sf3`), then common system locations."""
+    check_synth(synth)
     if explicit is not None:
-        return check_soundfont(Path(explicit).expanduser())
+        return check_soundfont(Path(explicit).expanduser(), synth=synth)
+    if synth == "builtin":
+        return builtin.check_builtin(builtin.builtin_soundfont())
     from_env = os.environ.get("BANGER_SOUNDFONT")
     if from_env:
         path = Path(from_env).expanduser()
@@ -60,7 +80,7 @@ def find_soundfont(explicit: str | os.PathLike | None = None, *, data_dir: Path 
                 hint="fix or unset BANGER_SOUNDFONT",
             )
         try:
-            return check_soundfont(path)
+            return check_soundfont(path, synth=synth)
         except UsageError as err:
             raise BangerError(f"BANGER_SOUNDFONT: {err}", hint="fix or unset BANGER_SOUNDFONT") from None
     candidates: list[Path] = []
@@ -76,23 +96,12 @@ def find_soundfont(explicit: str | os.PathLike | None = None, *, data_dir: Path 
     raise AudioUnavailable("no General MIDI soundfont found", hint=INSTALL_HINT)
 
 
-def check_soundfont(path: Path, *, hint: str = "pass a General MIDI .sf2 or .sf3 soundfont"
-                    ) -> Path:
-    """`path` if it is a soundfont: a RIFF file of form "sfbk" (.sf2/.sf3; FluidSynth also
-    reads DLS). Checked before generating, so FluidSynth never prints its own errors after."""
-    if not path.exists():
-        raise UsageError(f"soundfont {path} does not exist", hint=hint)
-    if not path.is_file():
-        raise UsageError(f"soundfont {path} is not a file", hint=hint)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
-    except OSError as err:
-        raise UsageError(f"cannot read soundfont {path}: {err.strerror or err}", hint=hint) from None
-    if head[:4] != b"RIFF" or head[8:12] not in (b"sfbk", b"DLS "):
-        raise UsageError(f"soundfont {path} is not a .sf2/.sf3 file (no RIFF sfbk header)",
-                         hint=hint)
-    return path
+def check_soundfont(path: str | os.PathLike, *, synth: str = "builtin",
+                    hint: str = soundfont_check.HINT) -> Path:
+    """`path` if it is a well-formed soundfont (.sf2/.sf3; FluidSynth also reads DLS);
+    a one-line UsageError otherwise. Checked before generating, so that neither renderer
+    meets a damaged file after files have been written (symusic could even crash on one)."""
+    return soundfont_check.check_soundfont(path, hint=hint, allow_dls=synth == "fluidsynth")
 
 
 def load_fluidsynth():
@@ -107,10 +116,23 @@ def load_fluidsynth():
     return fluidsynth
 
 
-def render(midi: mido.MidiFile, soundfont: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
+def render(midi: mido.MidiFile, soundfont: str | os.PathLike | None = None, *,
+           synth: str = "builtin", sample_rate: int = SAMPLE_RATE,
            end_seconds: float | None = None) -> np.ndarray:
-    """Stereo float32 samples, shape (frames, 2), of `midi` played through `soundfont`.
-    `end_seconds` fixes the length before the tail (e.g. exactly 16 bars)."""
+    """Stereo float32 samples, shape (frames, 2), of `midi` played through `soundfont` by
+    `synth` ("builtin" or "fluidsynth"). `end_seconds` fixes the length before the tail
+    (e.g. exactly 16 bars). The built-in renderer defaults to the shipped soundfont and
+    normalises the peak to -1 dBFS; FluidSynth needs a soundfont and plays at its own gain."""
+    if check_synth(synth) == "builtin":
+        return builtin.render(midi, soundfont, sample_rate=sample_rate, end_seconds=end_seconds)
+    if soundfont is None:
+        soundfont = find_soundfont(synth="fluidsynth")
+    return _render_fluidsynth(midi, soundfont, sample_rate=sample_rate, end_seconds=end_seconds)
+
+
+def _render_fluidsynth(midi: mido.MidiFile, soundfont: str | os.PathLike, *, sample_rate: int,
+                       end_seconds: float | None) -> np.ndarray:
+    """FluidSynth, stepped by hand: no audio driver, faster than realtime."""
     fluidsynth = load_fluidsynth()
     synth = fluidsynth.Synth(samplerate=float(sample_rate), gain=0.5)
     try:
