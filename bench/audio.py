@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import soundfile  # noqa: E402
 
-from bangercli.midi.midifile import Grid, Note, write_midi  # noqa: E402
+from bangercli.midi.midifile import write_midi  # noqa: E402
+from bangercli.midi.score import Grid, Note  # noqa: E402
 from bangercli.render import audio, synth  # noqa: E402
 from bangercli.render.soundfont import check_soundfont  # noqa: E402
 
@@ -112,10 +113,7 @@ def main() -> None:
                                                             synth.SAMPLE_RATE, format="MP3"))
     rows.append(("baseline: soundfile MP3 encode alone", baseline))
     rows.append(("soundfont check", best_of(args.repeat, lambda: check_soundfont(font))))
-    rows.append(("builtin render, first call", best_of(
-        args.repeat, lambda: synth.render(midi, font, end_seconds=seconds), synth.clear_cache)))
-    synth.render(midi, font, end_seconds=seconds)
-    rows.append(("builtin render, cached", best_of(
+    rows.append(("builtin render (a fresh synthesizer each time)", best_of(
         args.repeat, lambda: synth.render(midi, font, end_seconds=seconds))))
     system_font = fluidsynth_font()
     if system_font is not None:

@@ -61,7 +61,7 @@ def fast(decoder: FastDecoder, grammar: Grammar, prompt: torch.Tensor, tokens: i
         logits = decoder.step(token)
 
 
-def end_to_end(banger, audio: bool) -> tuple[float, float]:
+def end_to_end(banger, *, audio: bool) -> tuple[float, float]:
     from bangercli.generation.generate import Request, generate
     from bangercli.generation.save import save_pieces
 
@@ -112,7 +112,7 @@ def main() -> None:
     print()
     print(f"{'banger generate, 16 bars guitar+drums':<40}{'wall s':>8}{'x realtime':>12}")
     for audio in (False, True):
-        speeds = [end_to_end(banger, audio) for _ in range(args.repeat)]
+        speeds = [end_to_end(banger, audio=audio) for _ in range(args.repeat)]
         factor = statistics.median(s for s, _ in speeds)
         wall = statistics.median(w for _, w in speeds)
         label = "MIDI + MP3 preview" if audio else "MIDI only"

@@ -24,7 +24,8 @@ from torch.nn import functional as F
 from bangercli.model.network import build_model, model_config
 from bangercli.data.shards import Shards
 from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.training.train import TrainConfig, train
+from bangercli.training.config import TrainConfig
+from bangercli.training.train import train
 from bangercli.data.windows import WindowSampler
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mido
 
-from bangercli.midi.midifile import Grid, Note, normalize
+from bangercli.midi.score import Grid, Note, normalize
 
 TPB = 480  # ticks per beat of the fixtures unless a test says otherwise
 DRUMS = 9  # zero-based drum channel

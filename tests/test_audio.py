@@ -24,7 +24,8 @@ from bangercli.render.audio import (
 from bangercli.errors import BangerError
 from bangercli.generation.generate import Piece
 from bangercli.generation.save import save_pieces
-from bangercli.midi.midifile import Grid, Note, write_midi
+from bangercli.midi.midifile import write_midi
+from bangercli.midi.score import Grid, Note
 from bangercli.render.synth import BUILTIN_SOUNDFONT
 from test_synth import make_sf2
 

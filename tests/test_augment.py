@@ -10,12 +10,13 @@ import pytest
 from bangercli.data.augment import BASS, revoice_windows
 from bangercli.errors import UsageError
 from bangercli.midi.instruments import DRUMS, instrument_named
-from bangercli.midi.midifile import Note
+from bangercli.midi.score import Note
 from bangercli.data.shards import Shards
 from bangercli.midi.tokenizer import Tokenizer
 from bangercli.data.augment import mix_weights, parse_mix
-from bangercli.training.train import TrainConfig, learning_rate, train
-from test_train import corpus, make_corpus, quick, tiny  # noqa: F401  (fixtures and helpers)
+from bangercli.training.config import TrainConfig, learning_rate
+from bangercli.training.train import train
+from test_train import quick
 
 PIANO, GUITAR, STRINGS = (instrument_named(n).index for n in ("piano", "guitar", "strings"))
 
@@ -66,7 +67,7 @@ def test_revoicing_probability_zero_changes_nothing():
                                           probability=0.0), windows)
 
 
-def test_mix_weights_follow_source_folders(corpus):  # noqa: F811
+def test_mix_weights_follow_source_folders(corpus):
     shards = Shards(corpus, "train")
     paths = [info["path"] for info in shards.pieces()]
     name = paths[0].split("/")[-1]
@@ -92,9 +93,8 @@ def test_cosine_schedule_warms_up_then_decays_to_a_tenth():
         TrainConfig(schedule="linear").validate()
 
 
-def test_init_starts_from_a_checkpoint_with_a_fresh_optimizer(corpus, tmp_path):  # noqa: F811
-    first = train(corpus, tmp_path / "a", model_config=tiny(seq_len=64),
-                  config=quick(batch_size=8, max_steps=20, val_every=10, save_every=20))
+def test_init_starts_from_a_checkpoint_with_a_fresh_optimizer(corpus, learned_run, tmp_path):
+    first = learned_run.result  # 60 steps of the tiny model on corpus, shared with test_train
     events = []
     second = train(corpus, tmp_path / "b", config=quick(batch_size=8, max_steps=10, val_every=5,
                                                         save_every=10, init=str(first.last)),
@@ -107,7 +107,7 @@ def test_init_starts_from_a_checkpoint_with_a_fresh_optimizer(corpus, tmp_path):
         train(corpus, tmp_path / "c", config=quick(max_steps=1, init=str(tmp_path / "nope.safetensors")))
 
 
-def test_intro_windows_start_where_the_piece_starts(corpus):  # noqa: F811
+def test_intro_windows_start_where_the_piece_starts(corpus):
     """--intro P: that share of windows is the piece's own beginning (header, then its first
     note), so the model learns how pieces open; the rest stay random crops."""
     from bangercli.data.windows import WindowSampler

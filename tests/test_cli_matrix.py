@@ -427,13 +427,21 @@ def test_bad_input(argv, code, message, shared, here, banger_home, capfd, monkey
 SUBPROCESS_ROWS = ["banger COMMAND compose", "generate --bars x", "generate --instrument kazoo",
                    "train --out under a file", "evaluate MODEL garbage file",
                    "preprocess --workers 100000"]
+# rows whose process imports torch before it fails (seconds of CPU each) run with the slow
+# tests; by default, test_concurrency (generate) and test_train (an error) start such processes
+TORCH_ROWS = ["generate --instrument kazoo", "train --out under a file",
+              "evaluate MODEL garbage file"]
 
 
-def test_real_processes_match_the_in_process_rows(shared, here, capfd, monkeypatch):
+@pytest.mark.parametrize("labels", [
+    pytest.param([label for label in SUBPROCESS_ROWS if label not in TORCH_ROWS], id="quick"),
+    pytest.param(TORCH_ROWS, id="torch", marks=pytest.mark.slow),
+])
+def test_real_processes_match_the_in_process_rows(labels, shared, here, capfd, monkeypatch):
     """Representative rows as real `python -m bangercli` processes, started together: the
     same exit code and the same single line (the program name aside), nothing written."""
-    rows = {param.id: param.values for param in ROWS if param.id in SUBPROCESS_ROWS}
-    assert sorted(rows) == sorted(SUBPROCESS_ROWS)
+    rows = {param.id: param.values for param in ROWS if param.id in labels}
+    assert sorted(rows) == sorted(labels)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     before = snapshot(here, *shared.values())
     processes = {label: subprocess.Popen(

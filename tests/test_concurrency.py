@@ -12,6 +12,9 @@ The processes run the real entry point (`python -c "... main()"`, what `python -
 runs) with one change: `save_pieces` waits until every process has reached it. Without that,
 process start-up spreads the runs over seconds and most collisions are caught by the early
 "already exists" check; lined up, they race in the check-then-link window that matters.
+
+Every process start costs seconds of imports, so the default run races two processes; the
+six-run race and the --force race are marked slow (CI runs them).
 """
 
 from __future__ import annotations
@@ -161,17 +164,24 @@ def assert_complete_midi(path: Path) -> None:
     assert abs(mido.MidiFile(path).length - BARS * 2.0) < 1e-6  # BARS bars at 120 bpm
 
 
-def test_runs_racing_for_names_never_clobber_each_other(checkpoint, expected, tmp_path):
-    same = [Run(seed=7)] * 2  # identical seeds and names: exactly one run wins
-    distinct = [Run(seed=8), Run(seed=9)]  # no shared name: both win
-    # take-1 ... take-6 against take-6 alone: the second usually wins, and the first must
-    # then remove the five files it wrote
-    overlapping = [Run(seed=11, name="take-{n}", variants=6),
-                   Run(seed=6, name="take-{seed}", variants=1)]
+# (runs, how many of them win): the groups of runs that race, all started together
+SAME = ([Run(seed=7)] * 2, 1)  # identical seeds and names: exactly one run wins
+DISTINCT = ([Run(seed=8), Run(seed=9)], 2)  # no shared name: both win
+# take-1 ... take-6 against take-6 alone: the second usually wins, and the first must then
+# remove the five files it wrote
+OVERLAPPING = ([Run(seed=11, name="take-{n}", variants=6),
+                Run(seed=6, name="take-{seed}", variants=1)], 1)
+
+
+@pytest.mark.parametrize("groups", [
+    pytest.param([SAME], id="two-runs"),  # the race itself, at the cost of two process starts
+    pytest.param([SAME, DISTINCT, OVERLAPPING], id="six-runs", marks=pytest.mark.slow),
+])
+def test_runs_racing_for_names_never_clobber_each_other(checkpoint, expected, tmp_path, groups):
     out = tmp_path / "out"
     audio = ("--audio", "wav", "--soundfont", str(SOUNDFONT)) if SOUNDFONT else ("--audio", "none")
-    outcomes = run_together(same + distinct + overlapping, out, checkpoint, tmp_path,
-                            options=(*audio, "--json"))
+    outcomes = run_together([run for runs, _ in groups for run in runs], out, checkpoint,
+                            tmp_path, options=(*audio, "--json"))
 
     reported: dict[str, bytes] = {}
     previews: list[Path] = []
@@ -187,10 +197,11 @@ def test_runs_racing_for_names_never_clobber_each_other(checkpoint, expected, tm
         reported.update(files)
         if SOUNDFONT:
             previews += [Path(record["audio"]) for record in records]
-    winners = [o.code == 0 for o in outcomes]
-    assert winners[:2].count(True) == 1, outcomes[:2]
-    assert winners[2:4] == [True, True], outcomes[2:4]
-    assert winners[4:].count(True) == 1, outcomes[4:]
+    start = 0
+    for runs, winners in groups:
+        group = outcomes[start:start + len(runs)]
+        assert [o.code == 0 for o in group].count(True) == winners, group
+        start += len(runs)
 
     # no orphan from a losing run, no temporary file, every byte from the run that reported it
     assert sorted(p.name for p in out.iterdir()) == sorted([*reported, *(p.name for p in previews)])
@@ -202,6 +213,7 @@ def test_runs_racing_for_names_never_clobber_each_other(checkpoint, expected, tm
         assert duration == pytest.approx(BARS * 2.0 + audio_module.TAIL_SECONDS, abs=1e-3)
 
 
+@pytest.mark.slow  # four process starts; the race without --force above stays in the default run
 def test_with_force_every_file_is_one_runs_complete_midi(checkpoint, expected, tmp_path):
     # four seeds whose take-1 differ, so that a mix would show (the untrained model leaves
     # most 2-bar pieces empty, and empty pieces are the same bytes whatever the seed)

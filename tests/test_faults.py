@@ -9,9 +9,13 @@ read-only folder is one `error:` line naming the file, never a traceback; the fi
 there stay intact and no temporary file is left behind.
 
 Kill moments come from seeded generators; the longer repeated versions are marked slow.
-A full disk is the kernel's own refusal (a file size limit, `ulimit -f`, in a subprocess) or
-an ENOSPC raised in-process; a read-only folder is chmod 0o555 where that binds (not as
-root) and an in-process EROFS everywhere, so that CI (root) exercises it too.
+Only what needs a real process runs in one (a process start costs seconds of imports): the
+runs that are killed, and `banger preprocess` on a full disk; the command a user finishes
+a killed training run with runs in this process.
+A full disk is the kernel's own refusal (a file size limit, `ulimit -f`, in a subprocess or
+in this process) or an ENOSPC raised in-process; a read-only folder is chmod 0o555 where
+that binds (not as root) and an in-process EROFS everywhere, so that CI (root) exercises it
+too.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from bangercli.model.network import PRESETS, build_model, model_config
 from bangercli.generation.save import save_pieces
 from bangercli.data.preprocess import preprocess
 from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.training.train import Trainer, TrainConfig, train
+from bangercli.training.config import TrainConfig
+from bangercli.training.train import Trainer, train
 from cli_runner import run_cli
 from midi_fixtures import band, midi_file, save, tempo, to_bytes, track
 
@@ -61,7 +66,8 @@ TRAIN = dict(max_steps=24, batch_size=4, lr=1e-3, warmup_steps=5, val_every=12, 
 FRESH_TRAIN = """
 import json, sys
 from bangercli.model.network import model_config
-from bangercli.training.train import TrainConfig, train
+from bangercli.training.config import TrainConfig
+from bangercli.training.train import train
 train(sys.argv[1], sys.argv[2], model_config=model_config("tiny", seq_len=32),
       config=TrainConfig(**json.loads(sys.argv[3])), force=True)
 """
@@ -390,8 +396,20 @@ def train_command(data: Path, run: Path) -> list[str]:
     return [sys.executable, "-c", FRESH_TRAIN, str(data), str(run), json.dumps(TRAIN)]
 
 
-def train_killed_repeatedly(train_data, reference_run, run: Path, *, kills: int,
-                            seed: int) -> list[tuple[int, int, int]]:
+def finish_in_process(train_data: Path, run: Path, monkeypatch, capsys) -> None:
+    """What `train_command` runs, in this process (a process start costs seconds of imports;
+    the kills before it are what needs real processes)."""
+    if (run / "last.safetensors").exists():
+        code, _, stderr = run_cli(monkeypatch, capsys, "train", train_data, "--out", run,
+                                  "--resume", "--quiet")
+        assert code == 0, stderr
+    else:
+        train(train_data, run, model_config=model_config("tiny", seq_len=32),
+              config=TrainConfig(**TRAIN), force=True)
+
+
+def train_killed_repeatedly(train_data, reference_run, run: Path, monkeypatch, capsys, *,
+                            kills: int, seed: int) -> list[tuple[int, int, int]]:
     """Up to `kills` runs, each killed at a seeded step plus up to 80 ms (inside a save as
     often as not), then the run a user finishes with; returns (step reached, checkpoint
     step, .part files left) after each kill."""
@@ -414,9 +432,7 @@ def train_killed_repeatedly(train_data, reference_run, run: Path, *, kills: int,
         parts = [name for name in listing(run) if name.endswith(".part")]
         records.append((steps_reached(run), checkpoint_step(run), len(parts)))
         assert records[-1][0] - records[-1][1] <= save_every, "lost more than one save interval"
-    finish = subprocess.run(train_command(train_data, run), capture_output=True, text=True,
-                            env=ENV)
-    assert finish.returncode == 0, finish.stderr
+    finish_in_process(train_data, run, monkeypatch, capsys)
     expected = read_checkpoint(reference_run / "last.safetensors")[0]
     weights = read_checkpoint(run / "last.safetensors")[0]
     assert weights.keys() == expected.keys()
@@ -429,21 +445,22 @@ def train_killed_repeatedly(train_data, reference_run, run: Path, *, kills: int,
 
 
 def test_train_killed_at_a_random_moment_resumes_to_the_same_weights(train_data, reference_run,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch,
+                                                                     capsys):
     """kill -9 at a seeded moment: last.safetensors loads, at most one save interval is
     lost, and --resume ends with the weights of the uninterrupted run."""
-    records = train_killed_repeatedly(train_data, reference_run, tmp_path / "run", kills=1,
-                                      seed=3)
+    records = train_killed_repeatedly(train_data, reference_run, tmp_path / "run", monkeypatch,
+                                      capsys, kills=1, seed=3)
     print(f"train, 1 kill: (reached, saved, .part) {records}")
 
 
 @pytest.mark.slow
-def test_train_killed_many_times(train_data, reference_run, tmp_path):
+def test_train_killed_many_times(train_data, reference_run, tmp_path, monkeypatch, capsys):
     """Three runs, each killed up to eight times on its way to the end."""
     records = []
     for sequence in range(3):
         records += train_killed_repeatedly(train_data, reference_run, tmp_path / str(sequence),
-                                           kills=8, seed=200 + sequence)
+                                           monkeypatch, capsys, kills=8, seed=200 + sequence)
     print(f"train, {len(records)} kills: (reached, saved, .part) {records}")
 
 
@@ -537,19 +554,20 @@ def test_a_run_killed_before_its_first_save_asks_for_force(train_data, tmp_path)
     assert "--force" in caught.value.hint and "--resume" not in caught.value.hint
 
 
-def test_train_on_a_full_disk_keeps_the_last_checkpoint(train_data, reference_run, tmp_path):
-    """--resume under a file size limit smaller than a checkpoint: the next save (step 27,
-    its optimizer state) fails with one error line that says how to go on, and every
-    earlier file is untouched."""
+def test_train_on_a_full_disk_keeps_the_last_checkpoint(train_data, reference_run, tmp_path,
+                                                        monkeypatch, capsys):
+    """--resume under a file size limit smaller than a checkpoint (set in this process, a
+    process start costs seconds): the next save (step 27, its optimizer state) fails with one
+    error line that says how to go on, and every earlier file is untouched."""
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
     before = tree_bytes(run)
-    command = BANGER + ["train", str(train_data), "--out", str(run), "--resume", "--quiet",
-                        "--max-steps", str(TRAIN["max_steps"] + 6)]
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV,
-                            preexec_fn=file_size_limit(1_000_000))
-    assert result.returncode == 1 and result.stdout == ""
-    assert_one_error_line(result.stderr, f"cannot write {run / 'last.optim.next.pt'}:",
+    with disk_full_beyond(1_000_000):
+        code, stdout, stderr = run_cli(monkeypatch, capsys, "train", train_data, "--out", run,
+                                       "--resume", "--quiet",
+                                       "--max-steps", TRAIN["max_steps"] + 6)
+    assert code == 1 and stdout == ""
+    assert_one_error_line(stderr, f"cannot write {run / 'last.optim.next.pt'}:",
                           "File too large", "disk space", "--resume")
     after = tree_bytes(run)
     assert sorted(after) == sorted(before)  # no temporary file left
@@ -667,12 +685,12 @@ def write_audio_preview(path: Path, pieces) -> None:
     import numpy as np
 
     import bangercli.render.audio as audio_module
-    from bangercli.generation.save import _write_audio
+    from bangercli.generation.save import _write_audio  # noqa: PLC2701 (the writer alone, no synthesizer)
 
     silence = np.zeros((44_100, 2), dtype=np.float32)
     with pytest.MonkeyPatch.context() as patch:  # no synthesizer needed: encode one second
         patch.setattr(audio_module, "render", lambda *args, **kwargs: silence)
-        _write_audio(pieces[0], None, path, "wav", True)
+        _write_audio(pieces[0], None, path, "wav", force=True)
 
 
 @pytest.mark.parametrize("write, name", [

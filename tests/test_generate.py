@@ -18,7 +18,7 @@ from bangercli.generation.request import Request
 from bangercli.midi.instruments import DRUMS, INSTRUMENTS
 from bangercli.api import Banger
 from bangercli.model.network import PRESETS, build_model
-from bangercli.generation.sampling import Grammar, Sampling
+from bangercli.generation.sampling import Grammar
 from bangercli.midi.tokenizer import Tokenizer
 from midi_fixtures import band, save
 
@@ -215,7 +215,7 @@ def test_tokens_past_the_window_rebuild_the_context_and_stay_grammatical(banger)
 
 
 def test_many_bars_past_the_window_stay_grammatical_and_exact(banger):
-    bars = 300
+    bars = 200
     progress: list[tuple[int, int]] = []
     request = Request(instruments=("piano",), drums=True, bars=bars, variants=2, seed=1)
     pieces = generate(banger, request, progress=lambda done, total: progress.append((done, total)))

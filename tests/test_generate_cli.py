@@ -1,7 +1,8 @@
 """`banger generate` from the outside: stdout carries one path (or one JSON object) per
 piece, a bad option is one `error:` line and a non-zero exit with nothing written, files are
 never overwritten without --force. Most runs call the console entry point in-process (a
-process start costs seconds of imports); two real subprocesses check the whole path."""
+process start costs seconds of imports); two real subprocesses check the whole path (marked
+slow: the default run starts real `generate` processes in test_concurrency)."""
 
 from __future__ import annotations
 
@@ -247,6 +248,7 @@ def test_a_missing_banger_soundfont_is_an_error(cli, out, monkeypatch, tmp_path)
 # --- the real thing, in subprocesses -----------------------------------------------------
 
 
+@pytest.mark.slow  # two process starts; test_concurrency races real `generate` processes by default
 def test_subprocesses_end_to_end(checkpoint, tmp_path):
     """A successful run (JSON, piano roll, audio where possible) and a failing one, started
     together: exit codes, one line of error without a traceback, files where stdout says."""

@@ -19,7 +19,7 @@ from bangercli.evaluation.metrics import (
     pitch_class_entropy, polyphony, scale_consistency,
 )
 from bangercli.model.network import build_model, model_config
-from bangercli.midi.midifile import Header, Note
+from bangercli.midi.score import Header, Note
 from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
 from test_train import make_corpus
 

@@ -19,7 +19,7 @@ from bangercli.cli.app import app
 from bangercli.errors import DataError, OutputExistsError, UsageError
 from bangercli.midi.instruments import INSTRUMENTS
 from bangercli.data.preprocess import PreprocessOptions, find_midi_files, preprocess
-from bangercli.midi.midifile import Note
+from bangercli.midi.score import Note
 from bangercli.data.shards import SPLITS, Shards, load_manifest
 from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
 from midi_fixtures import TPB, band, midi_file, note, program, save, tempo, to_bytes, track
@@ -292,8 +292,14 @@ def test_an_existing_output_is_kept_without_force_and_replaced_with_it(corpus, t
         run(corpus, out)
     assert "--force" in caught.value.hint
     assert (out / "precious.txt").read_text() == "mine"
+    with pytest.raises(OutputExistsError, match="not a banger data set"):
+        run(corpus, out, force=True)  # --force replaces only what banger wrote
+    assert (out / "precious.txt").read_text() == "mine"
+    (out / "precious.txt").unlink()
+    run(corpus, out)
+    (out / "notes.txt").write_text("a note left in a data set banger wrote")
     run(corpus, out, force=True)
-    assert not (out / "precious.txt").exists()
+    assert not (out / "notes.txt").exists()
     assert load_manifest(out)["totals"]["kept"] == len(GOOD)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging or old copy left
 
@@ -411,7 +417,7 @@ def test_cli_exit_codes_and_messages(corpus, tmp_path):
 
 def test_cli_force_json_and_options(corpus, tmp_path):
     out = tmp_path / "data"
-    out.mkdir()
+    run(corpus, out)  # a data set banger wrote: --force may replace it
     (out / "old").write_text("old")
     runner = CliRunner()
     result = runner.invoke(app, ["preprocess", str(corpus), "-o", str(out), "--force", "--json",

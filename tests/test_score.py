@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bangercli.errors import BangerError, MidiReadError
-from bangercli.midi.midifile import Grid, Note, read_score
+from bangercli.midi.midifile import read_score
+from bangercli.midi.score import Grid, Note
 from bangercli.midi.tokenizer import Tokenizer
 from conftest import corpus_files
 from midi_fixtures import (

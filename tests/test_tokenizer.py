@@ -22,7 +22,8 @@ from bangercli.midi.instruments import (
     category_of,
     instrument_named,
 )
-from bangercli.midi.midifile import Header, Note, channel_of, normalize
+from bangercli.midi.midifile import channel_of
+from bangercli.midi.score import Header, Note, normalize
 from bangercli.midi.tokenizer import TOKENIZER_FORMAT, Tokenizer, TokenizerConfig
 from conftest import corpus_files
 from midi_fixtures import (

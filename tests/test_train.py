@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,14 @@ from bangercli.errors import BangerError, DataError, OutputExistsError, UsageErr
 from bangercli.midi.instruments import DRUMS
 from bangercli.model.network import model_config
 from bangercli.data.preprocess import PreprocessOptions, preprocess
-from bangercli.midi.midifile import Note, Score
+from bangercli.midi.score import Note, Score
 from bangercli.data.shards import Shards
 from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.training.train import TrainConfig, TrainingInterrupted, train
+from bangercli.training.config import TrainConfig
+from bangercli.training.train import TrainingInterrupted, train
 from bangercli.data.augment import transpose_notes
 from bangercli.data.windows import WindowSampler
+from cli_runner import run_cli
 
 
 def make_corpus(
@@ -46,11 +47,6 @@ def make_corpus(
         tokenizer.to_midi(Score(notes=notes)).save(midi / f"piece{p:02d}.mid")
     options = PreprocessOptions(val_fraction=0.25, require_instruments=False)
     return preprocess([midi], folder / "data", options=options, config=config, workers=1).out
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def tiny(**overrides):
@@ -115,24 +111,19 @@ def test_transposition_moves_melodic_notes_only_and_stays_in_range():
 # --- training --------------------------------------------------------------------------
 
 
-def test_tiny_model_learns_the_corpus_in_seconds(corpus, tmp_path):
+def test_tiny_model_learns_the_corpus_in_seconds(corpus, learned_run):
+    """60 steps of the tiny model (conftest's learned_run, which test_augment shares)."""
     tokens = np.asarray(Shards(corpus, "train").tokens)
     counts = np.bincount(tokens)
     p = counts[counts > 0] / counts.sum()
     unigram = float(-(p * np.log(p)).sum())
-    events = []
-    started = time.perf_counter()
-    result = train(corpus, tmp_path / "run", model_config=tiny(seq_len=64),
-                   config=quick(batch_size=16, max_steps=60, warmup_steps=10, val_every=30,
-                                save_every=60, log_every=10),
-                   callback=events.append)
-    seconds = time.perf_counter() - started
+    result, events, seconds = learned_run.result, learned_run.events, learned_run.seconds
     losses = [e["loss"] for e in events if e["event"] == "train"]
     assert losses[-1] < 0.4 * unigram, (losses, unigram)
     assert result.step == 60 and result.best_val_loss is not None
     print(f"tiny model: train loss {losses[0]:.2f} -> {losses[-1]:.2f} nats "
           f"(unigram {unigram:.2f}) in {seconds:.1f} s")
-    run = tmp_path / "run"
+    run = learned_run.run
     points = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {p["split"] for p in points} == {"train", "validation"}
     keys = {"step", "epoch", "split", "loss", "accuracy", "tokens_per_s", "lr", "time"}
@@ -214,11 +205,65 @@ def test_cli_train_prints_the_best_checkpoint(corpus, tmp_path):
     assert load_model(tmp_path / "run" / "last.safetensors").info["step"] == 4
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bangercli", "train", str(tmp_path / "nope"),
-                             "--out", str(tmp_path / "run")], capture_output=True, text=True)
-    assert result.returncode == 1
-    assert result.stderr.startswith("error: data directory") and result.stderr.count("\n") == 1
+def test_the_command_that_started_a_run_resumes_it_with_resume_appended(corpus, tmp_path,
+                                                                         monkeypatch, capsys):
+    """`banger train ... --preset tiny --dim 48 --seq-len 32` stopped by Ctrl-C at step 3 (at
+    its validation: the command logs no train step that early), then the very same command
+    with --resume appended: it goes on from last.safetensors to the end, no step logged
+    twice. With a differing --dim or --seq-len appended as well, --resume is refused in one
+    line naming that option, and nothing is written."""
+    import bangercli.cli.train as cli_train
+
+    run = tmp_path / "run"
+    command = ["train", corpus, "--out", run, "--preset", "tiny", "--dim", "48", "--seq-len", "32",
+               "--max-steps", "6", "--batch-size", "4", "--val-every", "3", "--val-windows", "8",
+               "--save-every", "6", "--device", "cpu", "--quiet"]
+    real_progress = cli_train._TrainProgress.__call__
+
+    def ctrl_c_at_step_3(self, event):
+        if event["event"] == "validation" and event["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+        real_progress(self, event)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli_train._TrainProgress, "__call__", ctrl_c_at_step_3)
+        code, stdout, _ = run_cli(monkeypatch, capsys, *command)
+    assert code == 130 and stdout == ""
+    saved = (run / "last.safetensors").read_bytes()
+    assert load_model(run / "last.safetensors").info["step"] == 3
+
+    for flag, value, the_runs in (("--dim", "32", "48"), ("--seq-len", "64", "32")):
+        code, stdout, stderr = run_cli(monkeypatch, capsys, *command, "--resume", flag, value)
+        assert code == 2 and stdout == "", stderr
+        assert stderr.startswith("error: --resume continues the run") and stderr.count("\n") == 1
+        assert f"{flag} {value} (the run's: {the_runs}) differ" in stderr
+    assert (run / "last.safetensors").read_bytes() == saved
+
+    code, stdout, stderr = run_cli(monkeypatch, capsys, *command, "--resume")
+    assert code == 0, stderr
+    assert stdout == f"{run / 'best.safetensors'}\n"
+    banger = load_model(run / "last.safetensors")
+    assert banger.info["step"] == 6 and banger.config.dim == 48
+    points = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [p["step"] for p in points if p["split"] == "validation"] == [3, 6]  # each once
+    logged = [p["step"] for p in points if p["split"] == "train"]
+    assert logged == sorted(set(logged)) and logged[-1] == 6
+
+
+@pytest.mark.parametrize("process", [
+    "this",  # through the console entry point, in this process
+    pytest.param("its own", marks=pytest.mark.slow),  # `python -m bangercli`: seconds of imports
+])
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, process):
+    args = ["train", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]
+    if process == "its own":
+        result = subprocess.run([sys.executable, "-m", "bangercli", *args], capture_output=True,
+                                text=True)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, _, stderr = run_cli(monkeypatch, capsys, *args)
+    assert code == 1
+    assert stderr.startswith("error: data directory") and stderr.count("\n") == 1
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from .generation.request import Request
 from .midi.tokenizer import Tokenizer, TokenizerConfig
 from .model.checkpoint import SUFFIX, read_checkpoint
 from .model.decoder import FastDecoder, UnsupportedModel
-from .model.network import ModelConfig, build_model, count_parameters
+from .model.network import ModelConfig, build_model, check_weights, count_parameters
 from .paths import package_models_dir, user_models_dir
 
 __all__ = ["Banger", "Piece", "Request", "load_model"]
@@ -107,13 +107,16 @@ def load_model(name_or_path: str | os.PathLike = "default", *, device: str = "cp
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Banger:
     """Rebuild model (float32, eval mode, on `device`) and tokenizer from one checkpoint file."""
     tensors, meta = read_checkpoint(path)
-    config = ModelConfig.from_dict(meta["model_config"])
-    tokenizer = Tokenizer(TokenizerConfig.from_dict(meta["tokenizer"]))
-    if tokenizer.vocab_size != config.vocab_size:
-        raise BangerError(
-            f"{path}: model vocabulary ({config.vocab_size}) does not match its tokenizer "
-            f"({tokenizer.vocab_size})"
-        )
+    try:  # every size is checked against the file's tensors before anything is built
+        config = ModelConfig.from_dict(meta["model_config"])
+        tokenizer = Tokenizer(TokenizerConfig.from_dict(meta["tokenizer"]))
+        if tokenizer.vocab_size != config.vocab_size:
+            raise BangerError(f"model vocabulary ({config.vocab_size}) does not match its "
+                              f"tokenizer ({tokenizer.vocab_size})")
+        check_weights(config, {name: tuple(t.shape) for name, t in tensors.items()})
+    except BangerError as err:  # UsageError included: the file is at fault, not the user
+        raise BangerError(f"{path}: {err.message}",
+                          hint="pass a .safetensors checkpoint written by `banger train`") from None
     model = build_model(config)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:

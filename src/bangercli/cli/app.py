@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool) -> None:
+def _version(*, value: bool) -> None:  # typer passes `value` by keyword
     if value:
         print(f"banger {__version__}")
         raise typer.Exit()
@@ -41,6 +41,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    *,  # typer passes every argument and option by keyword
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),

@@ -57,7 +57,7 @@ def removed_if_failed(out: Path):
 class Progress:
     """A rich progress bar on stderr, off when stderr is not a terminal or with --quiet."""
 
-    def __init__(self, quiet: bool, label: str) -> None:
+    def __init__(self, label: str, *, quiet: bool) -> None:
         self.enabled = not quiet and stderr.is_terminal
         self.label = label
 

@@ -16,6 +16,7 @@ MAX_WORKERS = 256  # a typo like -j 10000 must not fork ten thousand processes
 
 
 def instruments(
+    *,  # typer passes every argument and option by keyword
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the 12 instrument categories and the General MIDI programs in each."""
@@ -39,6 +40,7 @@ def instruments(
 
 
 def preprocess(
+    *,  # typer passes every argument and option by keyword
     sources: List[Path] = typer.Argument(..., help="MIDI files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Data directory to create."),
     workers: int = typer.Option(0, "--workers", "-j", help="Worker processes (0 = all cores)."),
@@ -76,7 +78,7 @@ def preprocess(
         keep_drums_only=keep_drums_only,
         trim_silence=trim_silence,
     )
-    with Progress(quiet, "preprocessing") as update, removed_if_failed(out):
+    with Progress("preprocessing", quiet=quiet) as update, removed_if_failed(out):
         report = run(sources, out, options=options, workers=workers or None, force=force,
                      progress=update)
     if not quiet:

@@ -13,6 +13,7 @@ from .common import Progress, check_model_name, stderr
 
 
 def evaluate(
+    *,  # typer passes every argument and option by keyword
     model: str = typer.Argument(..., help="Checkpoint path or model name."),
     data_dir: Path = typer.Argument(..., help="Data directory made by `banger preprocess`."),
     split: str = typer.Option("validation", help="train or validation."),
@@ -20,8 +21,9 @@ def evaluate(
     max_pieces: Optional[int] = typer.Option(None, help="Score only the first N pieces."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     samples: int = typer.Option(0, help="Also generate N pieces per condition and measure "
-                                "control adherence and musical metrics (0 = off)."),
-    bars: int = typer.Option(8, help="Length of the generated (and compared real) pieces."),
+                                "control adherence, musical metrics and structure (0 = off)."),
+    bars: int = typer.Option(8, help="Length of the generated (and compared real) pieces; "
+                             "structure measures read better over 16."),
     seed: int = typer.Option(0, help="Seed of the generated pieces."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
@@ -43,7 +45,7 @@ def evaluate(
         raise UsageError(f"unknown --split {split!r}", hint=f"choose one of: {', '.join(SPLITS)}")
     check_model_name(model)
     banger = load_model(model, device=str(pick_device(device)))
-    with Progress(quiet, "evaluating") as update:
+    with Progress("evaluating", quiet=quiet) as update:
         result = run(banger, data_dir, split=split, batch_size=batch_size, max_pieces=max_pieces,
                      progress=update)
     report = result.to_dict()
@@ -52,7 +54,7 @@ def evaluate(
     if samples:
         from ..evaluation.samples import evaluate_music
 
-        with Progress(quiet, "generating") as update:
+        with Progress("generating", quiet=quiet) as update:
             music = evaluate_music(banger, samples=samples, bars=bars, seed=seed,
                                    data_dir=data_dir, split=split, max_pieces=max_pieces,
                                    progress=update)
@@ -83,7 +85,7 @@ def _print_evaluation(report: dict, model: str) -> None:
 def _print_music(music: dict) -> None:
     from rich.table import Table
 
-    def cell(value, percent=False):
+    def cell(value, *, percent=False):
         if value is None:
             return "-"
         return f"{value:.0%}" if percent else f"{value:.3f}"
@@ -94,7 +96,7 @@ def _print_music(music: dict) -> None:
     for column in checks:
         adherence.add_column(column.replace("_", " "), justify="right")
     for name, row in music["conditions"].items():
-        adherence.add_row(name, *(cell(row.get(c), True) for c in checks))
+        adherence.add_row(name, *(cell(row.get(c), percent=True) for c in checks))
     stderr.print(adherence)
     metrics = Table(title=f"musical metrics (means): {music.get('matched_pieces', 0)} real "
                     "pieces and pieces generated from their headers")
@@ -104,3 +106,30 @@ def _print_music(music: dict) -> None:
         metrics.add_row(name.replace("_", " "), cell(value), cell(music["real"].get(name)),
                         cell(music["relative_to_real"].get(name)))
     stderr.print(metrics)
+    _print_structure(music, cell)
+
+
+def _print_structure(music: dict, cell) -> None:
+    from rich.table import Table
+
+    from ..evaluation.samples import CONTINUED_BARS, PROMPT_BARS
+
+    structure, continuation = music.get("structure", {}), music.get("continuation", {})
+    if structure:
+        table = Table(title="structure (means): real pieces, their generated twins, and the "
+                      "requests' pieces")
+        for column in ("measure", "generated", "real", "requested"):
+            table.add_column(column, justify="left" if column == "measure" else "right")
+        for name, value in structure["requested"].items():
+            table.add_row(name.replace("_", " "), cell(structure.get("generated", {}).get(name)),
+                          cell(structure.get("real", {}).get(name)), cell(value))
+        stderr.print(table)
+    if continuation:
+        table = Table(title=f"continuing {continuation['pieces']} real {PROMPT_BARS}-bar "
+                      f"openings: the model's {CONTINUED_BARS} bars and the real next ones")
+        for column in ("measure", "generated", "real"):
+            table.add_column(column, justify="left" if column == "measure" else "right")
+        for name, value in continuation["generated"].items():
+            table.add_row(name.replace("_", " "), cell(value),
+                          cell(continuation["real"].get(name)))
+        stderr.print(table)

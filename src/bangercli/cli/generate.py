@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,13 +14,14 @@ import typer
 from .common import (
     Progress, check_model_name, check_output_folder, removed_if_failed, stderr,
 )
-from ..errors import MidiReadError, UsageError
+from ..errors import BangerError, MidiReadError, UsageError
 
 AUDIO_CHOICES = ("mp3", "wav", "flac", "none")
 SYNTH_CHOICES = ("builtin", "fluidsynth")
 
 
 def generate(
+    *,  # typer passes every argument and option by keyword
     instrument: List[str] = typer.Option(
         [], "--instrument", "-i", help="Instrument category (repeatable; the first is the lead). "
         "See `banger instruments`."),
@@ -82,7 +85,7 @@ def generate(
     from ..generation.save import check_template, save_pieces
 
     check_template(name, seed=request.seed, variants=request.variants)
-    pieces, steps_per_bar = _generate(model, request, quiet)
+    pieces, steps_per_bar = _generate(model, request, quiet=quiet)
 
     warn = (lambda message: None) if quiet else (
         lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
@@ -90,15 +93,36 @@ def generate(
         saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
                             soundfont=soundfont, synth=synth, piano_roll=piano_roll, force=force,
                             steps_per_bar=steps_per_bar, warn=warn)
-    for record in saved:
-        print(json.dumps(record.to_json()) if as_json else str(record.midi), flush=True)
+        report_or_take_back(saved, as_json=as_json)
 
 
-def _generate(model_name: str, request, quiet: bool):
+def report_or_take_back(saved: list, *, as_json: bool) -> None:
+    """Name every written file on stdout (one path, or one JSON object, per piece), or, when
+    stdout cannot take them (a full disk, a reader that left), remove the files again: a
+    script never finds files on disk that it was not told about."""
+    lines = [json.dumps(record.to_json()) if as_json else str(record.midi) for record in saved]
+    try:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+    except OSError as err:
+        for record in saved:
+            for path in (record.midi, record.audio, record.piano_roll):
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
+        try:  # what is still buffered must not fail again when Python exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no real file descriptor behind stdout
+            pass
+        raise BangerError(f"cannot write the results to stdout ({err.strerror or err}); "
+                          f"the {len(saved)} piece(s) written were removed again",
+                          hint="send stdout to a file or a pipe that reads it all") from None
+
+
+def _generate(model_name: str, request, *, quiet: bool):
     from ..api import load_model
 
     banger = load_model(model_name)
-    with Progress(quiet, "generating") as update:
+    with Progress("generating", quiet=quiet) as update:
         try:
             pieces = banger.generate(request, progress=update)
         except MidiReadError as err:  # only the prompt is read: say which file is broken

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,7 @@ from .common import check_output_folder, removed_if_failed, stderr
 
 
 def train(
+    *,  # typer passes every argument and option by keyword
     data_dir: Path = typer.Argument(..., help="Data directory made by `banger preprocess`."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory for checkpoints and metrics."),
     preset: Optional[str] = typer.Option(None, help="Model size: seed (default), small or tiny."),
@@ -58,7 +58,8 @@ def train(
 ) -> None:
     """Train a model on a data directory; prints the path of the best checkpoint."""
     from ..model.network import model_config
-    from ..training.train import TrainConfig, resume_config
+    from ..training.config import TrainConfig
+    from ..training.run_dir import resume_config
     from ..training.train import train as run
 
     options = dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
@@ -75,7 +76,7 @@ def train(
     else:
         config = replace(TrainConfig(), **{k: v for k, v in options.items() if v is not None})
         model = None if init else model_config(preset or "seed", **fields)
-    with _TrainProgress(quiet) as progress, removed_if_failed(out):
+    with _TrainProgress(quiet=quiet) as progress, removed_if_failed(out):
         result = run(data_dir, out, model_config=model, config=config, resume=resume,
                      force=force, callback=progress)
     if result.rank != 0:
@@ -110,7 +111,7 @@ def _check_train_options(out: Path, options: dict, fields: dict, *, preset: str 
 class _TrainProgress:
     """Callback for training events: a rich bar on a terminal, plain lines otherwise."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, *, quiet: bool) -> None:
         self.quiet = quiet
         self.bar = None
 

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import stat
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,8 @@ from typing import Callable, Iterator
 from ..errors import BangerError, DataError, MidiReadError, OutputExistsError, UsageError
 from ..atomic_files import atomic_write, process_alive, writing
 from ..midi.instruments import DRUMS, INSTRUMENTS
-from ..midi.midifile import MAX_FILE_BYTES, Score
+from ..midi.midifile import MAX_FILE_BYTES
+from ..midi.score import Score
 from .shards import DATA_FORMAT, DATA_FORMAT_VERSION, ShardWriter
 from ..midi.tokenizer import Tokenizer, TokenizerConfig, lead_order
 
@@ -65,20 +67,31 @@ class PreprocessReport:
 
 def find_midi_files(sources: list[str | os.PathLike]) -> list[Path]:
     """All .mid/.midi files under `sources` (case-insensitive), sorted; a named file is
-    taken whatever its suffix."""
+    taken whatever its suffix. Names that are not regular files (a FIFO, a socket, a device
+    called x.mid) are listed too: process_file skips them, unopened, and says why."""
     found: set[Path] = set()
     for source in map(Path, sources):
-        if source.is_file():
-            found.add(source)
-        elif source.is_dir():
+        if source.is_dir():
             for root, dirs, files in os.walk(source):
                 dirs.sort()
                 for name in files:
                     if name.lower().endswith(MIDI_SUFFIXES):
                         found.add(Path(root) / name)
+        elif source.exists():
+            found.add(source)
         else:
             raise UsageError(f"no such file or directory: {source}")
     return sorted(found, key=str)
+
+
+def is_data_set(directory: Path) -> bool:
+    """Whether `directory` holds a data set banger wrote (its manifest names banger's format):
+    the only kind of folder `--force` may replace."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == DATA_FORMAT
 
 
 def split_of(digest: str, val_fraction: float) -> str:
@@ -90,11 +103,9 @@ def process_file(path: Path, options: PreprocessOptions, config: TokenizerConfig
     """Read, filter and tokenize one file. Never raises for a bad file: returns a reason."""
     result: dict = {"path": str(path)}
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:  # refused unread: a stray 4 GB file must not fill the memory
-            reason = f"unreadable: file too large ({size} bytes > {MAX_FILE_BYTES})"
-            return {**result, "skip": reason}
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_FILE_BYTES)
+    except _NotReadable as err:
+        return {**result, "skip": f"unreadable: {err}"}
     except OSError as err:
         return {**result, "skip": f"unreadable: {err.strerror or err}"}
     result["sha256"] = hashlib.sha256(data).hexdigest()
@@ -121,6 +132,24 @@ def process_file(path: Path, options: PreprocessOptions, config: TokenizerConfig
         instruments={INSTRUMENTS[i].name: n for i, n in sorted(counts.items())},
     )
     return result
+
+
+class _NotReadable(Exception):
+    """A name in the collection that is not a MIDI file to read (said in skipped.csv)."""
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes. Opened without
+    blocking and checked on the open handle: a FIFO called x.mid is skipped, never waited on,
+    and a stray 4 GB file is refused unread, so it cannot fill the memory."""
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(handle, "rb") as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise _NotReadable("not a regular file")
+        if status.st_size > limit:
+            raise _NotReadable(f"file too large ({status.st_size} bytes > {limit})")
+        return file.read(limit + 1)
 
 
 def filter_reason(score: Score, options: PreprocessOptions) -> str | None:
@@ -180,11 +209,17 @@ def preprocess(
     _clear_killed_runs(out)  # first: it may put back the data set a killed --force run moved
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out} already exists", hint="pass --force to replace it")
     if out.exists() and any(_holds(out, source) for source in sources):
         # --force deletes the old directory: never when the inputs live in it
         raise UsageError(f"{out} holds the input files", hint="choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise OutputExistsError(f"{out} already exists", hint="pass --force to replace it")
+        # --force replaces only what banger wrote: a folder with a banger data manifest
+        if not is_data_set(out):
+            raise OutputExistsError(
+                f"{out} is not a banger data set (no banger manifest.json): --force replaces "
+                "only folders banger wrote", hint="choose another --out, or empty it yourself")
     files = find_midi_files(sources)
     if not files:
         raise DataError(f"no .mid/.midi files found in {', '.join(map(str, sources))}")

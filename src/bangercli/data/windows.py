@@ -14,10 +14,8 @@ from functools import lru_cache
 import numpy as np
 
 from .augment import TRANSPOSE_RANGE, revoice_windows, transpose_notes
-from ..midi.instruments import DRUMS
 from .shards import Shards
 from ..midi.tokenizer import Tokenizer
-
 
 
 class WindowSampler:

@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 from ..midi.instruments import DRUMS
-from ..midi.midifile import Note
+from ..midi.score import Note
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 MINOR = (0, 2, 3, 5, 7, 8, 10)

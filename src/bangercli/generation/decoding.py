@@ -21,6 +21,9 @@ from .sampling import (
     sample,
 )
 
+# Share of the window kept when the context is full: the window slides by a quarter, so most
+# of what the model heard stays in view (a re-window costs one prefill of that many tokens).
+KEEP = 0.75
 MAX_CHORD = 64  # most notes at one onset; a model stuck on TIME(0) would otherwise loop forever
 
 
@@ -187,14 +190,16 @@ class Batch:
         return band
 
     def _rewindow(self) -> torch.Tensor:
-        """Prefill the cache with each row's header plus its most recent notes (at most half a
-        window of them, starting on a note boundary), left-padded to a common length."""
+        """Prefill the cache with each row's header plus its most recent notes (at most
+        KEEP of a window of them, starting on a note boundary), left-padded to a common
+        length. The window slides: most of what the model heard stays in view, so a riff
+        from many bars ago can come back."""
         tokenizer, window = self.tokenizer, self.window
         contexts = []
         for row in self.rows:
             head = tokenizer.header_length(row)
             body = row[head:]
-            room = max(window // 2 - head, 1)
+            room = max(int(window * KEEP) - head, 1)
             cut = max(len(body) - room, 0)
             if cut > 0:
                 later = [i for i in tokenizer.note_starts(body) if i >= cut]

@@ -16,7 +16,8 @@ import torch
 
 from ..errors import UsageError
 from ..midi.instruments import DRUMS, INSTRUMENTS, instrument_named
-from ..midi.midifile import DEFAULT_BPM, Note, instrument_counts, write_midi
+from ..midi.midifile import write_midi
+from ..midi.score import DEFAULT_BPM, Note, instrument_counts
 from ..midi.tokenizer import Tokenizer, lead_order
 from .decoding import Plan, decode_rows
 from .request import Request
@@ -79,7 +80,9 @@ def _plan(tokenizer: Tokenizer, request: Request) -> tuple[Plan, float]:
         keep = min(request.prompt_bars or last_bar, last_bar)
         start = keep * steps_per_bar
         kept = [n for n in score.notes if n.start < start]
-        counts = instrument_counts(kept)
+        # the band is what the kept bars play, or, when they are silent (a prompt that
+        # starts with empty bars), what the whole prompt plays
+        counts = instrument_counts(kept or score.notes)
         if not instruments:
             instruments = [i for i in lead_order(counts) if i != DRUMS.index]
         if drums is None:

@@ -23,6 +23,12 @@ from .sampling import Sampling
 DEFAULT_BARS = 16  # the length when neither bars nor tokens is given
 BPM_RANGE = (10, 400)
 STEER_RANGE = (0, 10)
+# Ceilings, so that a page or a script cannot start practically endless work by accident
+# (a typo of -n 1000000000). 256 bars are 8.5 minutes at 120 bpm.
+MAX_BARS = 256
+MAX_TOKENS = 65_536
+MAX_VARIANTS = 64
+MAX_PROMPT_BARS = 4_096
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,15 @@ class Request:
         return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
     def _check_values(self) -> None:
-        if self.bars is not None and self.bars < 1:
-            raise UsageError(f"--bars must be at least 1, got {self.bars}")
-        if self.tokens is not None and self.tokens < 1:
-            raise UsageError(f"--tokens must be at least 1, got {self.tokens}")
-        if self.variants < 1:
-            raise UsageError(f"--variants must be at least 1, got {self.variants}")
+        for flag, value, ceiling in (("--bars", self.bars, MAX_BARS),
+                                     ("--tokens", self.tokens, MAX_TOKENS),
+                                     ("--variants", self.variants, MAX_VARIANTS),
+                                     ("--prompt-bars", self.prompt_bars, MAX_PROMPT_BARS)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}")
+            if value is not None and value > ceiling:
+                raise UsageError(f"{flag} must be at most {ceiling}, got {value}",
+                                 hint="a ceiling against runaway work: run several commands")
         if not self.temperature > 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -82,8 +91,6 @@ class Request:
         if self.bpm is not None and not BPM_RANGE[0] <= self.bpm <= BPM_RANGE[1]:
             raise UsageError(f"--bpm must be between {BPM_RANGE[0]} and {BPM_RANGE[1]}, "
                              f"got {self.bpm}")
-        if self.prompt_bars is not None and self.prompt_bars < 1:
-            raise UsageError(f"--prompt-bars must be at least 1, got {self.prompt_bars}")
         if self.prompt_bars is not None and self.prompt is None:
             raise UsageError("--prompt-bars needs a --prompt")
         if self.only and not self.instruments:

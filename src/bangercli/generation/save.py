@@ -63,6 +63,12 @@ def check_template(template: str, *, seed: int = 0, variants: int = 1) -> None:
                          hint=f"use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
     if "/" in template or "\\" in template or not template.strip():
         raise UsageError(f"--name {template!r} must be a plain file name without folders")
+    if any(ord(char) < 32 or ord(char) == 127 for char in template):
+        raise UsageError(f"--name {template!r} holds a control character (newline, tab, ...)",
+                         hint="file names are printed one per line on stdout")
+    if template.startswith("."):
+        raise UsageError(f"--name {template!r} would make hidden files (names starting with '.')",
+                         hint="start the name with a letter or a {field}")
     specs = [spec or "" for _, field, spec, _ in parsed if field]
     if any(len(digits) > 3 for spec in specs for digits in re.findall(r"[0-9]+", spec)):
         raise UsageError(f"--name {template!r}: a field width is too large")
@@ -79,7 +85,12 @@ def check_template(template: str, *, seed: int = 0, variants: int = 1) -> None:
 
 
 def stem_of(template: str, piece: Piece, n: int) -> str:
+    """The file name without suffix that `template` gives `piece`, the n-th. A template
+    ending in .mid/.midi names the MIDI file itself: `song.mid` gives song.mid, song.mp3."""
     lead = piece.instruments[0] if piece.instruments else ("drums" if piece.drums else "silence")
+    for suffix in (".mid", ".midi"):
+        if template.lower().endswith(suffix) and len(template) > len(suffix):
+            template = template[: -len(suffix)]
     return template.format(
         lead=lead, instruments="+".join(piece.instruments) or "none",
         drums="drums" if piece.drums else "nodrums", seed=piece.seed, n=n, bars=piece.bars,
@@ -125,15 +136,15 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
         for stem, piece in zip(stems, pieces):
             buffer = io.BytesIO()
             piece.midi.save(file=buffer)
-            record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(), force))
+            record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(), force=force))
             written.append((record.midi, record.midi.stat().st_ino))
             if font is not None:
-                record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio, force,
-                                            synth)
+                record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio,
+                                            force=force, synth=synth)
                 written.append((record.audio, record.audio.stat().st_ino))
             if piano_roll:
-                record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png", force,
-                                                      steps_per_bar)
+                record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png", force=force,
+                                                      steps_per_bar=steps_per_bar)
                 written.append((record.piano_roll, record.piano_roll.stat().st_ino))
             saved.append(record)
     except BangerError:
@@ -172,11 +183,11 @@ def _soundfont_or_warn(soundfont, synth: str, warn: Callable[[str], None]) -> Pa
         return None
 
 
-def _write(path: Path, data: bytes, force: bool) -> Path:
-    return _commit(path, force, lambda temporary: temporary.write_bytes(data))
+def _write(path: Path, data: bytes, *, force: bool) -> Path:
+    return _commit(path, lambda temporary: temporary.write_bytes(data), force=force)
 
 
-def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool,
+def _write_audio(piece: Piece, font, path: Path, fmt: str, *, force: bool,
                  synth: str = "builtin") -> Path:
     from ..render.audio import encode_audio, render
 
@@ -190,17 +201,17 @@ def _write_audio(piece: Piece, font, path: Path, fmt: str, force: bool,
                 raise
             raise OSError(f"the audio encoder could not write ({err})") from None
 
-    return _commit(path, force, encode)
+    return _commit(path, encode, force=force)
 
 
-def _write_piano_roll(piece: Piece, path: Path, force: bool, steps_per_bar: int) -> Path:
+def _write_piano_roll(piece: Piece, path: Path, *, force: bool, steps_per_bar: int) -> Path:
     from ..render.pianoroll import render, write_png
 
     image = render(piece.notes, steps_per_bar=steps_per_bar, length=piece.bars * steps_per_bar)
-    return _commit(path, force, lambda temporary: write_png(image, temporary))
+    return _commit(path, lambda temporary: write_png(image, temporary), force=force)
 
 
-def _commit(path: Path, force: bool, write: Callable[[Path], object]) -> Path:
+def _commit(path: Path, write: Callable[[Path], object], *, force: bool) -> Path:
     """Write through `write(temporary)`, then give it its final name (never clobbering
     another file unless `force`). A full disk or read-only folder raises a WriteError."""
     try:

@@ -16,12 +16,15 @@ import numpy as np
 
 from ..errors import BangerError
 from .instruments import DRUMS, INSTRUMENTS, MELODIC
-from .midifile import (
-    DEFAULT_BPM, MAX_QUARTERS, Grid, Header, Note, Score, instrument_counts, normalize, read_score,
-    write_midi,
-)
+from .midifile import MAX_QUARTERS, read_score, write_midi
+from .score import DEFAULT_BPM, Grid, Header, Note, Score, instrument_counts, normalize
 
 TOKENIZER_FORMAT = 1  # bump on any change that alters ids; checkpoints store it
+
+
+# Ceilings on the config fields a stored file may carry: the vocabulary stays small.
+CONFIG_LIMITS = {"steps_per_quarter": 96, "max_shift": 4096, "max_duration": 4096,
+                 "velocity_step": 127, "velocity_levels": 127}
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TokenizerConfig":
+        if not isinstance(data, dict):
+            raise BangerError(f"the tokenizer config is not a JSON object: {data!r:.60}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if data.get("version") != TOKENIZER_FORMAT or unknown:
@@ -47,6 +52,11 @@ class TokenizerConfig:
                 hint=f"this banger reads tokenizer format {TOKENIZER_FORMAT}; "
                 "re-run `banger preprocess` or upgrade banger",
             )
+        for name, ceiling in CONFIG_LIMITS.items():
+            value = data.get(name, getattr(cls, name))
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= ceiling:
+                raise BangerError(f"tokenizer {name} must be a whole number in 1..{ceiling}, "
+                                  f"got {value!r:.40}")
         return cls(**data)
 
     @property

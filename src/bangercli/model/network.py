@@ -8,6 +8,7 @@ on CUDA). Importing this module imports torch: the CLI imports it inside command
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -20,6 +21,12 @@ from ..midi.tokenizer import Tokenizer
 
 MODEL_ARCHITECTURE = "x-transformers-decoder-rotary"  # stored in checkpoints; bump on change
 BUFFERS = ("attn_layers.rotary_pos_emb.inv_freq",)  # computed, not learned: kept float32 in files
+
+
+# Ceilings on each size field: far above anything trained, low enough that a typo or a
+# tampered checkpoint cannot ask for a model that fills the memory.
+LIMITS = {"vocab_size": 1 << 20, "seq_len": 1 << 20, "dim": 16_384, "depth": 1_024,
+          "heads": 1_024, "dim_head": 1_024, "ff_mult": 64}
 
 
 @dataclass(frozen=True)
@@ -35,18 +42,37 @@ class ModelConfig:
     flash: bool = True  # fused scaled-dot-product attention (flash kernels on CUDA)
 
     def validate(self) -> "ModelConfig":
-        for name in ("vocab_size", "seq_len", "dim", "depth", "heads", "dim_head", "ff_mult"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"model {name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"model dropout must be in [0, 1), got {self.dropout}")
+        for name, ceiling in LIMITS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UsageError(f"model {name} must be a whole number, got {value!r}")
+            if value < 1:
+                raise UsageError(f"model {name} must be >= 1, got {value}")
+            if value > ceiling:
+                raise UsageError(f"model {name} must be at most {ceiling}, got {value}")
+        if (not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool)
+                or not 0.0 <= self.dropout < 1.0):
+            raise UsageError(f"model dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.flash, bool):
+            raise UsageError(f"model flash must be true or false, got {self.flash!r}")
         return self
+
+    def weight_count(self) -> int:
+        """The number of weights this config implies (embeddings, attention, feed-forward,
+        norms), computed without building anything."""
+        inner = self.heads * self.dim_head
+        attention = 4 * self.dim * inner + self.dim
+        hidden = self.ff_mult * self.dim
+        feed_forward = 2 * self.dim * hidden + hidden + self.dim + self.dim
+        return 2 * self.vocab_size * self.dim + self.depth * (attention + feed_forward) + self.dim
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise BangerError(f"the model config is not a JSON object: {data!r:.60}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -103,6 +129,32 @@ def build_model(config: ModelConfig) -> nn.Module:
             rotary_emb_dim=min(config.dim_head, max(32, config.dim_head // 2)),
         ),
     )
+
+
+def check_weights(config: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, before anything is allocated, weights whose names or shapes are not the ones
+    `config` implies (a tampered or mislabelled checkpoint): first by size (so that a config
+    asking for a million layers is refused without building them), then name by name on a
+    model built on the meta device (shapes only, no memory)."""
+    held = sum(math.prod(shape) for shape in shapes.values())
+    implied = config.weight_count()
+    if implied > 2 * held + 1_000_000:
+        raise BangerError(f"the model config implies {implied:,} weights but the file holds "
+                          f"{held:,}: it does not describe these weights")
+    with torch.device("meta"):
+        model = build_model(config)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        what = "is missing" if missing else "is not part of the model"
+        raise BangerError(f"weights do not match the model config ({name} {what}; "
+                          f"{len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise BangerError(f"weights do not match the model config ({name} has shape "
+                              f"{list(shapes[name])}, the config implies {list(shape)})")
 
 
 def count_parameters(model: nn.Module) -> int:

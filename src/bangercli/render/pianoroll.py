@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
-from ..midi.midifile import Note
+from ..midi.score import Note
 
 # One colour per category (piano .. ethnic, drums), picked to tell neighbours apart.
 COLOURS = np.array([

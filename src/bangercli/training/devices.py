@@ -4,6 +4,8 @@ of a `torchrun` job (DistributedDataParallel: gloo on CPU, nccl on CUDA)."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +46,7 @@ class Runtime:
         dist.all_reduce(reduced)
         return reduced.to(tensor.device)
 
-    def any(self, flag: bool) -> bool:
+    def any(self, flag: bool) -> bool:  # noqa: FBT001 (the flag is the data, not an option)
         """Whether `flag` is set in any process (so all of them stop at the same step)."""
         if self.world == 1:
             return flag
@@ -126,3 +128,26 @@ def wrap_model(module: nn.Module, runtime: Runtime, *, compile: bool = False) ->
     if runtime.gpus > 1:
         return nn.DataParallel(module)
     return module
+
+
+class StopOnCtrlC:
+    """While training, Ctrl-C asks the loop to save and stop after the current step;
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self, trainer) -> None:  # anything with a `stop_requested` flag
+        self.trainer = trainer
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.trainer.stop_requested:
+            raise KeyboardInterrupt
+        self.trainer.stop_requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)

@@ -8,88 +8,38 @@ name after them (see `Trainer._save_last`): a run killed at any moment resumes f
 complete save. Batches are a pure function of (seed, step), so a resumed run continues
 exactly where the interrupted one stopped.
 Runs on one CPU or GPU, on all visible GPUs with DataParallel, or under `torchrun` with
-DistributedDataParallel (only rank 0 writes files).
+DistributedDataParallel (only rank 0 writes files). The settings are `TrainConfig` (config.py);
+when a run directory may be replaced or resumed is run_dir.py.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
-import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..atomic_files import WriteError, remove_stale_parts, writing
+from ..data.augment import mix_weights
+from ..data.shards import Shards, manifest_hash
+from ..data.windows import WindowSampler, piece_windows
+from ..errors import BangerError, DataError, UsageError
+from ..evaluation.evaluate import field_table, score_windows
+from ..midi.tokenizer import Tokenizer, TokenizerConfig
 from ..model.checkpoint import (
     check_tokenizer, load_training_state, read_checkpoint, save_checkpoint, save_training_state,
 )
-from ..errors import BangerError, DataError, OutputExistsError, UsageError
-from ..atomic_files import WriteError, atomic_write, remove_stale_parts, writing
-from ..evaluation.evaluate import field_table, score_windows
-from ..checks import check_seed
-from ..model.network import ModelConfig, NextTokenLoss, build_model, count_parameters, model_config
-from .devices import setup_runtime, wrap_model
-from ..data.shards import Shards, manifest_hash
-from ..midi.tokenizer import Tokenizer, TokenizerConfig
-from ..data.augment import mix_weights, parse_mix
-from ..data.windows import WindowSampler, piece_windows
+from ..model.network import ModelConfig, NextTokenLoss, build_model, count_parameters
+from .config import TrainConfig, learning_rate
+from .devices import StopOnCtrlC, setup_runtime, wrap_model
 from .log import MetricsLog, write_curves
-
-RUN_FILES = ("last.safetensors", "last.optim.pt", "best.safetensors", "metrics.jsonl", "curves.png",
-             "last.optim.next.pt")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: float = 5.0  # passes over the data; one epoch = train tokens / (batch * seq_len) steps
-    max_steps: int | None = None  # stop after this many steps whatever `epochs` says
-    batch_size: int = 64  # windows per step, summed over all devices and processes
-    lr: float = 2e-4  # Adam learning rate
-    warmup_steps: int = 100  # the learning rate ramps up linearly over these first steps
-    grad_clip: float = 1.0  # largest gradient norm; 0 turns clipping off
-    val_every: int = 300  # steps between validations
-    val_windows: int = 256  # validation windows scored each time (a fixed subset of the split)
-    save_every: int = 1000  # steps between writes of last.safetensors (best: whenever val improves)
-    log_every: int = 10  # training steps averaged into one point of metrics.jsonl
-    schedule: str = "cosine"  # learning rate after warm-up: "cosine" (down to 10%) or "constant"
-    transpose: bool = True  # shift melodic notes by a random -5..+6 semitones per window
-    revoice: float = 0.0  # share of windows whose melodic parts move to other instrument families
-    intro: float = 0.0  # share of windows that start at the piece's beginning (not a random crop)
-    mix: str = ""  # sampling weights by source path, e.g. "freedoom=4,groove=0.5" (default 1)
-    init: str = ""  # start from these weights (checkpoint path or model name), fresh optimizer
-    seed: int = 0  # seeds the initial weights, window sampling and augmentation
-    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
-    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
-
-    def validate(self) -> "TrainConfig":
-        positive = ("batch_size", "val_every", "val_windows", "save_every", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                flag = "--" + name.replace("_", "-")
-                raise UsageError(f"{flag} must be >= 1, got {getattr(self, name)}")
-        if not all(math.isfinite(v) for v in (self.epochs, self.lr, self.grad_clip)):
-            raise UsageError("--epochs, --lr and --grad-clip must be finite numbers")
-        check_seed(self.seed)
-        if self.epochs <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise UsageError("--epochs and --lr must be positive, "
-                             "--warmup-steps and --grad-clip >= 0")
-        if self.schedule not in ("cosine", "constant"):
-            raise UsageError(f"--schedule must be cosine or constant, got {self.schedule!r}")
-        if not 0.0 <= self.revoice <= 1.0:
-            raise UsageError(f"--revoice must be in [0, 1], got {self.revoice}")
-        if not 0.0 <= self.intro <= 1.0:
-            raise UsageError(f"--intro must be in [0, 1], got {self.intro}")
-        parse_mix(self.mix)
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
-        return self
+from .run_dir import check_run_dir, clear_run_dir
 
 
 @dataclass
@@ -109,57 +59,6 @@ class TrainingInterrupted(BangerError):
     """Ctrl-C: `last` was saved, the run can be resumed."""
 
     exit_code = 130
-
-
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """Linear warm-up, then constant or a cosine decay to 10% at the last step."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return config.lr
-    span = max(total_steps - config.warmup_steps, 1)
-    progress = min(max(step - config.warmup_steps, 0) / span, 1.0)
-    return config.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def resume_config(run_dir: str | os.PathLike, *, preset: str | None = None,
-                  model_fields: dict | None = None, **overrides) -> TrainConfig:
-    """The training config stored in RUN_DIR/last.safetensors, with non-None `overrides`.
-
-    The model and its starting point come from the run. Model settings given again
-    (`preset`, `model_fields`, `init`) must equal the run's, so re-running the very command
-    that started a run with --resume appended works; a value that differs is refused, named."""
-    check_resumable(Path(run_dir))
-    _, meta = read_checkpoint(Path(run_dir) / "last.safetensors")
-    stored = meta["training"].get("train_config", {})
-    known = {f.name for f in fields(TrainConfig)}
-    base = TrainConfig(**{k: v for k, v in stored.items() if k in known})
-    run_model = ModelConfig.from_dict(meta["model_config"])
-    given = {k: v for k, v in (model_fields or {}).items() if v is not None}
-    wanted = model_config(preset, **given) if preset else replace(run_model, **given)
-    compared = [f.name for f in fields(ModelConfig)
-                if f.name != "vocab_size" and (preset or f.name in given)]
-    changed = [f"--{name.replace('_', '-')} {getattr(wanted, name)} (the run's: "
-               f"{getattr(run_model, name)})" for name in compared
-               if getattr(wanted, name) != getattr(run_model, name)]
-    init = overrides.pop("init", None)
-    if init is not None and init != base.init:
-        changed.append(f"--init {init} (the run's: {base.init or 'none'})")
-    if changed:
-        raise UsageError(f"--resume continues the run in {run_dir} as it was made: "
-                         f"{', '.join(changed)} differ",
-                         hint="drop those options, or start a new run with --force")
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def check_resumable(run_dir: Path) -> None:
-    """A run can be resumed once its first complete save (last.safetensors) exists."""
-    if (run_dir / "last.safetensors").exists():
-        return
-    leftovers = [name for name in RUN_FILES if (run_dir / name).exists()]
-    raise UsageError(f"nothing to resume in {run_dir} (no last.safetensors)",
-                     hint="start the run again with --force" if leftovers  # killed early
-                     else "drop --resume to start a new run")
 
 
 def train(
@@ -187,6 +86,9 @@ def train(
         raise
 
 
+CURVES_EVERY_SECONDS = 60  # curves.png is redrawn at a validation at most this often
+
+
 class Trainer:
     """One training session; `run()` is the loop, read top to bottom."""
 
@@ -197,7 +99,7 @@ class Trainer:
         self.val_data = Shards(data_dir, "validation")
         self.data_hash = manifest_hash(data_dir)
         self.runtime = setup_runtime(config.device)
-        self._check_run_dir(resume, force)
+        self._check_run_dir(resume=resume, force=force)
         self.info: dict = {"step": 0, "best_val_loss": None, "tokens_seen": 0, "seconds": 0.0}
         tokenizer_config = TokenizerConfig.from_dict(self.train_data.manifest["tokenizer"])
         initial = None
@@ -233,31 +135,18 @@ class Trainer:
         self.val_windows = self._validation_windows()
         self.log = MetricsLog(run_dir / "metrics.jsonl", enabled=self.runtime.main)
         self.stop_requested = False
+        self.curves_drawn = time.monotonic()
 
     # --- setup -------------------------------------------------------------------------
 
-    def _check_run_dir(self, resume: bool, force: bool) -> None:
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise OutputExistsError(f"{self.run_dir} is a file", hint="choose another --out")
-        existing = [name for name in RUN_FILES[:3] if (self.run_dir / name).exists()]
-        resumable = "last.safetensors" in existing
-        if resume:
-            check_resumable(self.run_dir)
-        if existing and not resume and not force:
-            raise OutputExistsError(
-                f"{self.run_dir} already holds a training run ({', '.join(existing)})",
-                hint="pass --resume to continue it or --force to start over" if resumable
-                else "it has no last.safetensors to resume from: pass --force to start over",
-            )
+    def _check_run_dir(self, *, resume: bool, force: bool) -> None:
+        check_run_dir(self.run_dir, resume=resume, force=force)
         if self.runtime.main and self.run_dir.is_dir():
             remove_stale_parts(self.run_dir)  # temporary files of a killed run
 
     def _clear_run_dir(self) -> None:
         if self.runtime.main:
-            with writing(self.run_dir):
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                for name in RUN_FILES:
-                    (self.run_dir / name).unlink(missing_ok=True)
+            clear_run_dir(self.run_dir)
         self.runtime.barrier()
 
     def _load_last(self, tokenizer_config: TokenizerConfig):
@@ -310,8 +199,17 @@ class Trainer:
                 hint="lower --batch-size or --seq-len, or preprocess more MIDI files",
             )
         self.steps_per_epoch = tokens // needed
-        total = math.ceil(c.epochs * self.steps_per_epoch)
+        # Epochs count data, not steps: a run resumed with another --batch-size goes on from
+        # the epoch it reached, and its remaining steps are counted at the new batch size.
+        start = self.first_step = int(self.info["step"])
+        self.start_epoch = float(self.info.get("epoch", start / self.steps_per_epoch))
+        remaining = max(0, math.ceil(round((c.epochs - self.start_epoch) * self.steps_per_epoch, 6)))
+        total = start + remaining
         self.total_steps = min(total, c.max_steps) if c.max_steps else total
+
+    def epoch_at(self, step: int) -> float:
+        """Passes over the training data made after `step` steps."""
+        return self.start_epoch + (step - self.first_step) / self.steps_per_epoch
 
     def _validation_windows(self) -> list[tuple[np.ndarray, int]]:
         """A fixed subset of validation windows from pieces in a seeded order, split over ranks."""
@@ -332,19 +230,29 @@ class Trainer:
         gloo's threads down with it and aborted the process ("terminate called without an
         active exception", about 1 run in 15 on 2 CPU cores)."""
         self.loss_module = self.model = self.optimizer = None
-        gc.collect()
+        if self.runtime.world > 1:  # a full collection costs ~0.1 s: only where it matters
+            gc.collect()
         self.runtime.close()
 
     def run(self) -> TrainResult:
         c, start = self.config, int(self.info["step"])
         self.log.truncate_after(start)
+        if len(self.val_data) == 0:
+            self._emit("note", message=f"{self.data_dir} has no validation pieces: nothing to "
+                       "judge checkpoints by, so best.safetensors is the last checkpoint "
+                       "(preprocess with a larger --val-fraction to validate)")
+        run_batch = self.info.get("train_config", {}).get("batch_size")
+        if start and run_batch and run_batch != c.batch_size:
+            self._emit("note", message=f"--batch-size {c.batch_size} (the run used {run_batch}): "
+                       f"the run goes on from epoch {self.start_epoch:.2f}, "
+                       f"{self.total_steps - start} more steps of {c.batch_size} windows")
         self._emit("start", step=start, total_steps=self.total_steps,
                    steps_per_epoch=self.steps_per_epoch, parameters=count_parameters(self.model),
                    device=self.runtime.describe(), model=self.model_config.to_dict())
         stats = torch.zeros(3, device=self.runtime.device)
         began = window_start = time.perf_counter()
         window_steps = 0
-        with _StopOnCtrlC(self):
+        with StopOnCtrlC(self):
             for step in range(start, self.total_steps):
                 stats += self._step(step)
                 done, window_steps = step + 1, window_steps + 1
@@ -361,6 +269,8 @@ class Trainer:
                     window_start = time.perf_counter()
                 if self.runtime.any(self.stop_requested):
                     self._save_last(done)
+                    if self.runtime.main:
+                        write_curves(self.log.path, self.run_dir / "curves.png")
                     raise TrainingInterrupted(
                         f"interrupted at step {done}; saved {self.run_dir / 'last.safetensors'}",
                         hint="continue with `banger train ... --resume`",
@@ -371,7 +281,7 @@ class Trainer:
                        "(pip install 'banger[plot]')")
         tokens = (self.total_steps - start) * c.batch_size * self.model_config.seq_len
         self.runtime.barrier()  # no process leaves while rank 0 still writes the last files
-        return TrainResult(self.run_dir, self.total_steps, self.total_steps / self.steps_per_epoch,
+        return TrainResult(self.run_dir, self.total_steps, self.epoch_at(self.total_steps),
                            self.info["best_val_loss"], self.run_dir / "last.safetensors",
                            self.run_dir / "best.safetensors", tokens / max(seconds, 1e-9), seconds,
                            rank=self.runtime.rank)
@@ -426,13 +336,14 @@ class Trainer:
         if best is None or loss < best:
             self.info["best_val_loss"] = loss
             self._save("best.safetensors", done, val_loss=loss)
-        if self.runtime.main:
-            write_curves(self.log.path, self.run_dir / "curves.png")
+        if self.runtime.main and time.monotonic() - self.curves_drawn >= CURVES_EVERY_SECONDS:
+            write_curves(self.log.path, self.run_dir / "curves.png")  # (and at the end)
+            self.curves_drawn = time.monotonic()
 
     # --- files -------------------------------------------------------------------------
 
     def _save(self, name: str, done: int, **extra) -> None:
-        self.info.update(step=done, epoch=done / self.steps_per_epoch, **extra)
+        self.info.update(step=done, epoch=self.epoch_at(done), **extra)
         if self.runtime.main:
             info = {**self.info, "data_manifest_hash": self.data_hash,
                     "data_dir": str(self.data_dir), "train_config": asdict(self.config),
@@ -461,7 +372,7 @@ class Trainer:
 
     def _emit(self, event: str, **values) -> None:
         if event in ("train", "validation"):
-            values["epoch"] = values["step"] / self.steps_per_epoch
+            values["epoch"] = self.epoch_at(values["step"])
             self.log.write({"split": "train" if event == "train" else "validation", **values})
         if self.runtime.main:
             self.callback({"event": event, **values})
@@ -472,26 +383,3 @@ def _nonempty(shards: Shards, data_dir) -> Shards:
         raise DataError(f"the train split of {data_dir} is empty",
                         hint="preprocess more MIDI files, or a lower --val-fraction")
     return shards
-
-
-class _StopOnCtrlC:
-    """While training, Ctrl-C asks the loop to save and stop after the current step;
-    a second Ctrl-C interrupts at once."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.active = threading.current_thread() is threading.main_thread()
-
-    def __enter__(self):
-        if self.active:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.trainer.stop_requested:
-            raise KeyboardInterrupt
-        self.trainer.stop_requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self.active:
-            signal.signal(signal.SIGINT, self.previous)
