@@ -153,8 +153,10 @@ class _Unwritable(io.TextIOBase):
         raise self.error
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   BrokenPipeError(errno.EPIPE, "Broken pipe")])
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    pytest.param(BrokenPipeError(errno.EPIPE, "Broken pipe"), marks=pytest.mark.slow),
+])
 def test_when_stdout_fails_the_files_are_taken_back(tmp_path, monkeypatch, capsys, error):
     out = tmp_path / "songs"
     (out / "mine").mkdir(parents=True)  # a folder that existed before: kept

@@ -17,6 +17,7 @@ from .data import instruments, preprocess
 from .evaluate import evaluate
 from .generate import generate
 from .train import train
+from .web import web
 
 try:  # typer 0.2x carries its own copy of click
     from typer._click import exceptions as click_errors
@@ -49,7 +50,7 @@ def _root(
     """Write multitrack music as MIDI with a transformer."""
 
 
-for command in (generate, instruments, preprocess, train, evaluate):  # the order of --help
+for command in (generate, instruments, preprocess, train, evaluate, web):  # the order of --help
     app.command()(command)
 
 
