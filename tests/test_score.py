@@ -291,9 +291,10 @@ def test_parser_matches_mido_on_generated_files(events, programs, ticks_per_beat
 
 
 @pytest.mark.corpus
-def test_parser_matches_mido_on_real_files(corpus_dir):
+@pytest.mark.parametrize("per_folder", [3, pytest.param(8, marks=pytest.mark.slow)])
+def test_parser_matches_mido_on_real_files(corpus_dir, per_folder):
     mismatched = []
-    for path in corpus_files(8):
+    for path in corpus_files(per_folder):
         midi = mido.MidiFile(path)
         notes = read_score(path, GRID).notes
         raw_ons = note_ons_via_mido(midi)

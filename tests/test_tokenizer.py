@@ -296,9 +296,10 @@ def test_midi_files_keep_onset_pitch_category_and_velocity(events, programs, tic
 
 
 @pytest.mark.corpus
-def test_real_files_round_trip(corpus_dir):
+@pytest.mark.parametrize("count", [12, pytest.param(30, marks=pytest.mark.slow)])
+def test_real_files_round_trip(corpus_dir, count):
     failures = []
-    for path in corpus_files(8, seed=1)[:30]:
+    for path in corpus_files(8, seed=1)[:count]:
         score = TOK.read(path)
         ids = TOK.encode(score)
         decoded = TOK.decode(ids, bpm=score.bpm)
