@@ -93,6 +93,7 @@ def test_cosine_schedule_warms_up_then_decays_to_a_tenth():
         TrainConfig(schedule="linear").validate()
 
 
+@pytest.mark.slow  # shares the ~4 s learned_run with test_train; CI runs it
 def test_init_starts_from_a_checkpoint_with_a_fresh_optimizer(corpus, learned_run, tmp_path):
     first = learned_run.result  # 60 steps of the tiny model on corpus, shared with test_train
     events = []

@@ -111,6 +111,7 @@ def test_transposition_moves_melodic_notes_only_and_stays_in_range():
 # --- training --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~4 s of training, shared with test_augment; CI runs it
 def test_tiny_model_learns_the_corpus_in_seconds(corpus, learned_run):
     """60 steps of the tiny model (conftest's learned_run, which test_augment shares)."""
     tokens = np.asarray(Shards(corpus, "train").tokens)

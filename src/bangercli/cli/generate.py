@@ -43,6 +43,17 @@ def generate(
     prompt: Optional[Path] = typer.Option(None, "--prompt", help="A MIDI file to continue."),
     prompt_bars: Optional[int] = typer.Option(None, "--prompt-bars",
                                               help="Bars of the prompt to keep (default: all)."),
+    add: List[str] = typer.Option(
+        [], "--add", help="Play along: write a new part for this instrument beside every note of "
+        "the --prompt, which is kept as it is (repeatable; an instrument the prompt already has "
+        "gets a second voice). The piece is as long as the prompt unless --bars adds more."),
+    rewrite: Optional[str] = typer.Option(
+        None, "--rewrite", metavar="A-B", help="Write bars A to B (1-based, inclusive) of the "
+        "--prompt anew, for the --instrument parts (default: all that play there); every other "
+        "note is kept."),
+    let_rest: bool = typer.Option(
+        False, "--let-rest", help="After or beside a --prompt, let parts fall silent for four "
+        "bars and more (default: every part of the band keeps playing in every 4 bars)."),
     model: str = typer.Option("default", "--model", "-m", help="Model name or checkpoint path."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for the files."),
     name: str = typer.Option("{lead}-{seed}-{n}", "--name",
@@ -80,7 +91,7 @@ def generate(
         instruments=tuple(instrument), only=only, drums=drums, bars=bars, tokens=tokens,
         variants=variants, seed=secrets.randbelow(1_000_000) if seed is None else seed, bpm=bpm,
         prompt=prompt, prompt_bars=prompt_bars, temperature=temperature, top_p=top_p,
-        top_k=top_k, steer=steer,
+        top_k=top_k, steer=steer, add=tuple(add), rewrite=rewrite, let_rest=let_rest,
     )
     from ..generation.save import check_template, save_pieces
 
@@ -89,6 +100,8 @@ def generate(
 
     warn = (lambda message: None) if quiet else (
         lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
+    for message in dict.fromkeys(w for piece in pieces for w in piece.warnings):
+        warn(message)
     with removed_if_failed(out):
         saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
                             soundfont=soundfont, synth=synth, piano_roll=piano_roll, force=force,

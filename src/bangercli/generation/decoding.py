@@ -16,6 +16,8 @@ import torch
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
+from .accompany import Accompaniment, Forcing
+from .band import KeepPlaying, Region
 from .sampling import (
     AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, HEADER, Grammar, Sampling, Steering,
     sample,
@@ -48,6 +50,8 @@ class Plan:
     tokens: int | None  # --tokens budget
     sampling: Sampling
     steer: float
+    along: Accompaniment | None = None  # --add/--rewrite: the prompt's notes still to come
+    keep_playing: tuple[Region, ...] = ()  # parts that play in every 4 bars (band.py)
 
 
 def decode_rows(banger, plan: Plan, *, batch: int, generator: torch.Generator,
@@ -82,7 +86,7 @@ class Batch:
         self.first_drums = bool(self.drums_on[0, 0])
         self.same_drums = bool((self.drums_on == self.first_drums).all())
         phase, time = self.on.scan(self.rows[0])
-        if phase == HEADER and plan.instruments and plan.only:  # the header is complete
+        if phase == HEADER and (plan.instruments and plan.only or plan.along):  # header complete
             phase = EXPECT_TIME
         self.band = self._band_of(self.rows[0], batch)
         self.phase, self.time = torch.full((batch,), phase), torch.full((batch,), time)
@@ -90,8 +94,16 @@ class Batch:
         self.budget = plan.tokens if plan.tokens else 1 << 30
         self.produced = 0
         self.logits = self._rewindow()
-        self.steering = Steering(tokenizer, plan.instruments, strength=plan.steer, batch=batch,
-                                 prefix=plan.prefix, drums=plan.drums)
+        self.forcing = plan.along and Forcing(plan.along, tokenizer, batch=batch,
+                                              limit=plan.limit)
+        self.rules = [KeepPlaying(region, tokenizer, batch=batch) for region in plan.keep_playing]
+        # steering counts the new notes only: a prompt's notes do not make a part present
+        wanted, drums = plan.instruments, plan.drums
+        if plan.along:
+            wanted = [i for i in plan.along.new_parts if i != DRUMS.index]
+            drums = DRUMS.index in plan.along.new_parts
+        self.steering = Steering(tokenizer, wanted, strength=plan.steer, batch=batch,
+                                 prefix=[], drums=drums)
         self.chord = torch.zeros(batch, dtype=torch.long)  # notes so far at each row's onset
         # NOTE tokens already played at each row's current onset: a second one would be the
         # same note again (decoding merges them), and a model repeating itself there piled up
@@ -126,6 +138,10 @@ class Batch:
             mask[self.chord >= MAX_CHORD, tokenizer.time_token(0)] = False
         mask = in_band(mask, self.band, self.drums_on, tokenizer)
         mask[:, self.notes] &= ~self.played
+        if self.forcing:  # last: kept notes override every other rule
+            mask = self.forcing.restrict(mask, self.phase, self.time, self.done)
+        for rule in self.rules:  # after the kept notes: the rule yields to them
+            mask = rule.restrict(mask, self.time, self.done)
         if not bool((mask.any(dim=1) | self.done).all()):  # would sample from nothing, forever
             raise RuntimeError("internal error: a sequence has no allowed next token")
         return mask
@@ -142,7 +158,14 @@ class Batch:
     def advance(self, token: torch.Tensor) -> None:
         """Write `token` into each unfinished row and move phase, time, band and chord on."""
         tokenizer = self.tokenizer
-        self.steering.update(token)
+        counted = token  # new notes count for steering and the band; kept ones do not
+        if self.forcing:
+            kept = self.forcing.kept(self.phase, self.time)
+            self.forcing.advance(kept & ~self.done)
+            counted = torch.where(kept, Tokenizer.PAD, token)
+        self.steering.update(counted)
+        for rule in self.rules:
+            rule.update(counted, self.time, ~self.done)
         listed = token - tokenizer.instrument_offset
         joins = (self.phase == HEADER) & (listed >= 0) & (listed < DRUMS.index)
         self.band[joins, listed[joins]] = True

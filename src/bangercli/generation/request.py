@@ -43,6 +43,9 @@ class Request:
     bpm: float | None = None  # tempo; None = the prompt's, or 120
     prompt: str | os.PathLike | bytes | mido.MidiFile | None = None  # a MIDI file to continue
     prompt_bars: int | None = None  # bars of the prompt kept verbatim; None = all of it
+    add: tuple[str, ...] = ()  # play along: new parts for these instruments beside the prompt
+    rewrite: tuple[int, int] | None = None  # bars (first, last), 1-based, written anew
+    let_rest: bool = False  # after or beside a prompt, parts may stay silent for 4 bars and more
     temperature: float = 1.0  # < 1 is safer, > 1 more adventurous
     top_p: float = 0.95  # nucleus sampling mass for the note choice, in (0, 1]
     top_k: int = 0  # sample the note among the k likeliest (0 = off)
@@ -61,12 +64,21 @@ class Request:
                 raise UsageError(f"instrument names are strings, got {name!r}",
                                  hint="see `banger instruments`")
         object.__setattr__(self, "instruments", instruments)
+        object.__setattr__(self, "add", _names(self.add, "add"))
+        object.__setattr__(self, "rewrite", _bar_range(self.rewrite))
         _check_types(self)
         self._check_values()
+        self._check_play_along()
         if self.bars is not None and self.tokens is not None:
             raise UsageError("--bars and --tokens contradict each other", hint="give one length")
         if self.bars is None and self.tokens is None:
-            object.__setattr__(self, "bars", DEFAULT_BARS)
+            # playing along, the piece is as long as the prompt unless asked for more
+            object.__setattr__(self, "bars", 0 if self.plays_along else DEFAULT_BARS)
+
+    @property
+    def plays_along(self) -> bool:
+        """--add or --rewrite: the prompt's notes are kept where they are, not just continued."""
+        return bool(self.add) or self.rewrite is not None
 
     @property
     def sampling(self) -> Sampling:
@@ -77,8 +89,9 @@ class Request:
                                      ("--tokens", self.tokens, MAX_TOKENS),
                                      ("--variants", self.variants, MAX_VARIANTS),
                                      ("--prompt-bars", self.prompt_bars, MAX_PROMPT_BARS)):
-            if value is not None and value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}")
+            least = 0 if flag == "--bars" and self.plays_along else 1
+            if value is not None and value < least:
+                raise UsageError(f"{flag} must be at least {least}, got {value}")
             if value is not None and value > ceiling:
                 raise UsageError(f"{flag} must be at most {ceiling}, got {value}",
                                  hint="a ceiling against runaway work: run several commands")
@@ -106,10 +119,73 @@ class Request:
         check_seed(self.seed)
 
 
+    def _check_play_along(self) -> None:
+        if not self.plays_along:
+            return
+        flag = "--add" if self.add else "--rewrite"
+        if self.prompt is None:
+            raise UsageError(f"{flag} needs a --prompt", hint=f"e.g. --prompt riff.mid {flag} "
+                             + ("drums" if self.add else "5-8"))
+        if self.add and self.rewrite is not None:
+            raise UsageError("--add and --rewrite are two different jobs",
+                             hint="run one command for each")
+        if self.tokens is not None:
+            raise UsageError(f"{flag} counts its length in bars, not --tokens",
+                             hint="use --bars N to continue N bars after the prompt")
+        if self.add and (self.instruments or self.only):
+            raise UsageError("with --add the band is the prompt's parts and the added ones",
+                             hint="list the new parts with --add (repeatable), not --instrument")
+        if self.only and self.rewrite is not None:
+            raise UsageError("--rewrite already writes only the listed --instrument parts",
+                             hint="drop --only")
+        for name in self.add:
+            instrument_named(name)
+        if self.rewrite is not None and self.prompt_bars is not None \
+                and self.rewrite[1] > self.prompt_bars:
+            raise UsageError(f"--rewrite {self.rewrite[0]}-{self.rewrite[1]} reaches past the "
+                             f"{self.prompt_bars} kept bars (--prompt-bars)",
+                             hint="choose bars inside the kept part of the prompt")
+
+
+def _names(value, field: str) -> tuple[str, ...]:
+    """A tuple of instrument names from a name or an iterable of names."""
+    if isinstance(value, str):
+        value = (value,)
+    if value is None or not _iterable(value) or not all(isinstance(n, str) for n in value):
+        raise UsageError(f"{field} must be a list of instrument names, got {value!r:.60}",
+                         hint="e.g. add=['drums', 'bass']; see `banger instruments`")
+    return tuple(value)
+
+
+def _bar_range(value) -> tuple[int, int] | None:
+    """(first, last) bars, 1-based and inclusive, from a pair or a text like "5-8" or "5"."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else None
+    if text is not None:
+        first, _, last = text.strip().partition("-")
+        try:
+            value = (int(first), int(last or first))
+        except ValueError:
+            raise UsageError(f"--rewrite takes bars like 5-8, got {text!r:.40}",
+                             hint="first and last bar, 1-based and inclusive") from None
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+        raise UsageError(f"--rewrite takes two bar numbers, got {value!r:.40}",
+                         hint="e.g. rewrite=(5, 8) or --rewrite 5-8")
+    first, last = int(value[0]), int(value[1])
+    if first < 1 or last > MAX_PROMPT_BARS:
+        raise UsageError(f"--rewrite bars are counted from 1, got {first}-{last}")
+    if last < first:
+        raise UsageError(f"--rewrite {first}-{last} ends before it starts",
+                         hint=f"write the earlier bar first: --rewrite {last}-{first}")
+    return first, last
+
+
 # The type each field must have; `None` is allowed where the default is None.
 _INTEGERS = ("bars", "tokens", "variants", "seed", "prompt_bars", "top_k")
 _NUMBERS = ("bpm", "temperature", "top_p", "steer")
-_FLAGS = ("only", "drums")
+_FLAGS = ("only", "drums", "let_rest")
 _FLAG_NAMES = {"tokens": "--tokens", "variants": "--variants", "seed": "--seed", "bpm": "--bpm",
                "prompt_bars": "--prompt-bars", "top_k": "--top-k", "top_p": "--top-p"}
 

@@ -45,12 +45,12 @@ class _Track(NamedTuple):
 
 def read_score(source: str | os.PathLike | bytes | mido.MidiFile, grid: Grid) -> Score:
     """Read a MIDI file (path, raw bytes or `mido.MidiFile`) into a normalized `Score`."""
-    data = _bytes_of(source)
+    data = midi_bytes(source)
     tracks, programs, tempos, ticks_per_beat = _parse(data)
     return _to_score(tracks, programs, tempos, ticks_per_beat, grid)
 
 
-def _bytes_of(source: str | os.PathLike | bytes | mido.MidiFile) -> bytes:
+def midi_bytes(source: str | os.PathLike | bytes | mido.MidiFile) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)
     if isinstance(source, mido.MidiFile):
