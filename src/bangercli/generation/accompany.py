@@ -1,18 +1,11 @@
 """Playing along with the musician's MIDI: `--add` new parts beside a prompt, `--rewrite` bars.
 
 Tokens are time-ordered, so the prompt's notes can be *forced* at their onsets while the model
-writes new notes only in between. `Accompaniment` is what a play-along request keeps (the
-prompt's notes still to come, in the tokenizer's order: by onset, then lead first, drums last,
-then from the highest pitch down) and where new notes may start (spans of grid steps, each with
-the instruments allowed there). `Forcing` turns that into masks at every step of the loop:
-
-- choosing a TIME, a row may land exactly on the next kept onset, or earlier on a step where new
-  notes are allowed (or pass over a step with a TIME of the longest shift); never beyond it;
-- on a kept onset, the kept notes come first, token by token (TIME(0), DURVEL, NOTE);
-- a new note is a NOTE of an instrument allowed in the span it starts in.
-
-So every kept note is written at its onset with its duration, velocity and pitch, nothing is
-written outside the spans, and the model hears the past of the prompt (not its future).
+writes new notes only in between (forcing.py has the masks). `plan_play_along` works out what
+a request keeps: the prompt's notes still to come, in the tokenizer's order (by onset, then
+lead first, drums last, then from the highest pitch down), the header, and where new notes may
+start (spans of grid steps, each with the instruments allowed there). `new_notes` picks the
+new notes out of a finished row.
 """
 
 from __future__ import annotations
@@ -20,14 +13,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import UsageError
-from ..midi.instruments import DRUMS, INSTRUMENTS, instrument_named
+from ..midi.instruments import DRUMS, instrument_named
 from ..midi.score import Note, instrument_counts, normalize
 from ..midi.tokenizer import Tokenizer, lead_order
 from .band import WINDOW_BARS, Region
-from .sampling import AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME
 
 
 @dataclass(frozen=True)
@@ -46,6 +36,8 @@ class Accompaniment:
     notes: tuple[int, ...]  # ... and NOTE token, in the tokenizer's order
     spans: tuple[Span, ...]  # where new notes may start
     new_parts: tuple[int, ...]  # the instruments the new notes are for (drums included)
+    order: tuple[int, ...]  # the band in chord order: header order, drums last
+    second_voices: tuple[int, ...] = ()  # new parts the prompt already plays (--add)
 
 
 @dataclass(frozen=True)
@@ -123,7 +115,9 @@ def plan_play_along(tokenizer: Tokenizer, request, notes: list[Note], *, bar_sta
         regions = []
     accompaniment = Accompaniment(
         onsets=tuple(t[0] for t in forced), durvels=tuple(t[1] for t in forced),
-        notes=tuple(t[2] for t in forced), spans=tuple(spans), new_parts=tuple(new_parts))
+        notes=tuple(t[2] for t in forced), spans=tuple(spans), new_parts=tuple(new_parts),
+        order=tuple(band + [DRUMS.index]),
+        second_voices=tuple(i for i in new_parts if request.add and prompt_counts[i]))
     return PlayAlong(prefix=header + prefix_ids, instruments=band, drums=drums,
                      accompaniment=accompaniment, prefix_notes=len(before), limit=limit,
                      regions=tuple(regions))
@@ -180,86 +174,3 @@ def _tokens_through(tokenizer: Tokenizer, ids: list[int], count: int) -> int:
             if seen == count:
                 return position + 1
     return len(ids)
-
-
-class Forcing:
-    """The masks of one batch that keep the prompt's notes and confine the new ones."""
-
-    def __init__(self, accompaniment: Accompaniment, tokenizer: Tokenizer, *, batch: int,
-                 limit: int) -> None:
-        self.tokenizer = tokenizer
-        self.count = len(accompaniment.onsets)
-        # one sentinel after the last kept note: the end of the piece
-        self.onsets = torch.tensor(accompaniment.onsets + (limit,))
-        self.durvels = torch.tensor(accompaniment.durvels + (0,))
-        self.notes = torch.tensor(accompaniment.notes + (0,))
-        self.next = torch.zeros(batch, dtype=torch.long)  # each row's next kept note
-        self.max_shift = tokenizer.config.max_shift
-        self.shifts = torch.arange(self.max_shift + 1)
-        self.spans = accompaniment.spans
-        self.span_notes = []  # per span: the NOTE columns allowed for new notes
-        for span in self.spans:
-            allowed = torch.zeros(len(INSTRUMENTS), 128, dtype=torch.bool)
-            allowed[sorted(span.instruments)] = True
-            self.span_notes.append(allowed.view(-1))
-
-    def restrict(self, mask: torch.Tensor, phase: torch.Tensor, time: torch.Tensor,
-                 done: torch.Tensor) -> torch.Tensor:
-        """`mask` (rows, vocab) narrowed to what keeps the prompt and the spans."""
-        tokenizer = self.tokenizer
-        mask = mask.clone()
-        due = self.onsets[self.next]  # (rows,) the next kept onset, or the end
-        left = self.next < self.count  # kept notes still to write
-        at_kept = left & (time == due)
-        # TIME: land on the next kept onset, or before it where new notes may start, or pass
-        # over with the longest shift; after the last kept note, anywhere past the end too
-        land = time[:, None] + self.shifts[None, :]
-        free_land = self._free(land)
-        ok = (land == due[:, None]) | ((land < due[:, None])
-                                       & (free_land | (self.shifts == self.max_shift)))
-        ok |= (land > due[:, None]) & ~left[:, None]
-        times = slice(tokenizer.time_offset, tokenizer.durvel_offset)
-        mask[:, times] &= ok
-        # DURVEL: only where a new note may start (kept onsets are forced below)
-        free_now = self._free(time[:, None])[:, 0]
-        mask[:, tokenizer.durvel_offset:tokenizer.note_offset] &= free_now[:, None]
-        # NOTE: the instruments of the span the note starts in
-        notes = slice(tokenizer.note_offset, tokenizer.note_offset + 128 * len(INSTRUMENTS))
-        mask[:, notes] &= self._span_notes(time)
-        # on a kept onset the kept notes come first, one token at a time
-        for phases, tokens in (((EXPECT_TIME,), torch.full_like(due, tokenizer.time_token(0))),
-                               ((AFTER_TIME, AFTER_LONG_TIME), self.durvels[self.next]),
-                               ((AFTER_DURVEL,), self.notes[self.next])):
-            rows = at_kept & ~done & _in(phase, phases)
-            if bool(rows.any()):
-                mask[rows] = False
-                mask[rows, tokens[rows]] = True
-        return mask
-
-    def kept(self, phase: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        """(rows,): the NOTE about to be written is a kept one (call before `advance`)."""
-        left = self.next < self.count
-        return left & (phase == AFTER_DURVEL) & (time == self.onsets[self.next])
-
-    def advance(self, kept: torch.Tensor) -> None:
-        self.next += kept.long()
-
-    def _free(self, steps: torch.Tensor) -> torch.Tensor:
-        free = torch.zeros_like(steps, dtype=torch.bool)
-        for span in self.spans:
-            free |= (steps >= span.start) & (steps < span.stop)
-        return free
-
-    def _span_notes(self, time: torch.Tensor) -> torch.Tensor:
-        allowed = torch.zeros(len(time), len(INSTRUMENTS) * 128, dtype=torch.bool)
-        for span, columns in zip(self.spans, self.span_notes):
-            inside = (time >= span.start) & (time < span.stop)
-            allowed[inside] |= columns
-        return allowed
-
-
-def _in(phase: torch.Tensor, phases: tuple[int, ...]) -> torch.Tensor:
-    result = torch.zeros_like(phase, dtype=torch.bool)
-    for value in phases:
-        result |= phase == value
-    return result

@@ -16,8 +16,9 @@ import torch
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
-from .accompany import Accompaniment, Forcing
+from .accompany import Accompaniment
 from .band import KeepPlaying, Region
+from .forcing import Forcing
 from .sampling import (
     AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, HEADER, Grammar, Sampling, Steering,
     sample,
@@ -152,16 +153,18 @@ class Batch:
         twice as dense as the model's own (docs/generation.md): only the NOTE choice is cut."""
         phase = self.phase
         timing = (phase == EXPECT_TIME) | (phase == AFTER_LONG_TIME) | (phase == AFTER_TIME)
-        return sample(self.steering.apply(self.logits, phase), allowed, self.plan.sampling,
-                      self.generator, untruncated=timing)
+        logits = self.steering.apply(self.logits, phase)
+        if self.forcing:
+            logits = self.forcing.bias(logits, phase, self.time)
+        return sample(logits, allowed, self.plan.sampling, self.generator, untruncated=timing)
 
     def advance(self, token: torch.Tensor) -> None:
         """Write `token` into each unfinished row and move phase, time, band and chord on."""
         tokenizer = self.tokenizer
         counted = token  # new notes count for steering and the band; kept ones do not
         if self.forcing:
-            kept = self.forcing.kept(self.phase, self.time)
-            self.forcing.advance(kept & ~self.done)
+            kept = self.forcing.kept(token, self.phase, self.time)
+            self.forcing.advance(kept & ~self.done, token, self.phase, self.time)
             counted = torch.where(kept, Tokenizer.PAD, token)
         self.steering.update(counted)
         for rule in self.rules:
