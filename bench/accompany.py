@@ -4,8 +4,8 @@
 
 DATA_DIR is a `banger preprocess` output; its validation split (pieces the model never trained
 on) gives 8-bar segments of band music (freedoom, easyrpg, simutrans) where the part plays.
-For bass and for drums: the real part, the part `--add` writes from the rest (with the
-keep-playing rule and with --let-rest), and a trivial baseline (a bass on the lowest sounding
+For bass and for drums: the real part, the part `--add` writes from the rest, and a trivial
+baseline (a bass on the lowest sounding
 note of every beat; a fixed rock beat), each measured against the other parts
 (evaluation/accompaniment.py). Then `--rewrite 3-4` of the bass in the same segments. With
 --continuation: 8-bar prompts continued for 8 bars, default and --let-rest: how often a part
@@ -99,10 +99,9 @@ def add_table(banger, data, name: str, cases: int) -> list[tuple[str, dict]]:
         others = [n for n in notes if n.instrument != part]
         prompt = midi_bytes(others, tokenizer, bpm)
         rows["real"].append(part_measures(real, others, steps_per_bar=bar, bars=bars))
-        for label, let_rest in (("banger --add", False), ("banger --add --let-rest", True)):
-            piece = banger.generate(prompt=prompt, add=(name,), seed=number, let_rest=let_rest)[0]
-            added = [n for n in piece.notes if n.instrument == part]
-            rows[label].append(part_measures(added, others, steps_per_bar=bar, bars=bars))
+        piece = banger.generate(prompt=prompt, add=(name,), seed=number)[0]
+        added = [n for n in piece.notes if n.instrument == part]
+        rows["banger --add"].append(part_measures(added, others, steps_per_bar=bar, bars=bars))
         baseline = (rock_beat(others, steps_per_bar=bar, bars=bars) if part == DRUMS.index else
                     lowest_note_bass(others, steps_per_bar=bar, bars=bars, instrument=part))
         rows["baseline"].append(part_measures(baseline, others, steps_per_bar=bar, bars=bars))
