@@ -244,6 +244,25 @@ def test_an_upload_is_read_and_continued(client, tmp_path):
     assert again.json()["pieces"][0]["bars"] >= 2
 
 
+def test_an_upload_gets_parts_added_and_bars_rewritten(client, tmp_path):
+    """The page's "add parts" and "rewrite bars" are the library's add and rewrite options."""
+    data = song(tmp_path)
+    info = client.post("/api/uploads", files={"file": ("song.mid", data, "audio/midi")}).json()
+    added = client.post("/api/generate", json={"prompt": info["prompt"], "add": ["bass"],
+                                                "bars": 0, "seed": 1})
+    assert added.status_code == 200, added.text
+    piece = added.json()["pieces"][0]
+    assert piece["bars"] == info["bars"] and "bass" in piece["instruments"]
+    rewritten = client.post("/api/generate", json={"prompt": info["prompt"], "rewrite": [1, 2],
+                                                    "bars": 0, "seed": 1})
+    assert rewritten.status_code == 200, rewritten.text
+    outside = client.post("/api/generate", json={"prompt": info["prompt"], "rewrite": [1, 99]})
+    assert outside.status_code == 400 and "reaches past the prompt" in outside.json()["error"]
+    longer = client.post("/api/generate", json={"prompt": info["prompt"], "prompt_bars": 99,
+                                                 "bars": 1, "seed": 1})
+    assert "all of it is kept" in longer.json()["pieces"][0]["warnings"][0]
+
+
 def test_a_raw_upload_body_works_too(client, tmp_path):
     response = client.post("/api/uploads", content=song(tmp_path),
                            headers={"content-type": "audio/midi"})

@@ -76,4 +76,4 @@ def piece_json(piece: Piece, *, midi: str, audio: str | None, steps_per_quarter:
              for n in piece.notes]
     return {"seed": piece.seed, "midi": midi, "audio": audio, "instruments": piece.instruments,
             "drums": piece.drums, "bars": piece.bars, "bpm": piece.bpm,
-            "seconds": round(piece.seconds, 3), "notes": notes}
+            "seconds": round(piece.seconds, 3), "warnings": list(piece.warnings), "notes": notes}

@@ -39,6 +39,10 @@ async function init() {
   $("lead").addEventListener("change", syncLead);
   $("file").addEventListener("change", upload);
   $("prompt-clear").addEventListener("click", clearPrompt);
+  for (const radio of document.querySelectorAll("input[name=mode]")) {
+    radio.addEventListener("change", showMode);
+  }
+  showMode();
 }
 
 function fillInstruments(instruments) {
@@ -85,8 +89,28 @@ function readOptions() {
   if (state.prompt) {
     options.prompt = state.prompt.url;
     options.prompt_bars = number("prompt-bars");
+    const mode = document.querySelector("input[name=mode]:checked").value;
+    if (mode !== "continue") {  // the parts chosen above are the ones added or rewritten
+      const parts = [...options.instruments, ...(options.drums ? ["drums"] : [])];
+      delete options.tokens;
+      Object.assign(options, { instruments: [], only: false, drums: null, bars: 0 });
+      if (mode === "add") options.add = parts;
+      else Object.assign(options, { instruments: parts, rewrite: [number("rewrite-from"), number("rewrite-to")] });
+    }
   }
   return options;
+}
+
+const MODE_HINTS = {
+  continue: "New bars follow the ones kept.",
+  add: "The instruments chosen above (and drums when on) play along with every note of the file, for its whole length.",
+  rewrite: "These bars are written anew for the instruments chosen above (none chosen: every part playing there); every other note is kept.",
+};
+
+function showMode() {
+  const mode = document.querySelector("input[name=mode]:checked").value;
+  $("mode-hint").textContent = MODE_HINTS[mode];
+  $("rewrite-range").hidden = mode !== "rewrite";
 }
 
 async function generate(options) {
@@ -154,8 +178,10 @@ async function upload() {
 function setPrompt(info, name) {
   state.prompt = { url: info.prompt, bars: info.bars };
   const parts = [...info.instruments, ...(info.drums ? ["drums"] : [])].join(", ") || "no instruments";
-  $("prompt-text").textContent = `${name}: ${info.bars} bars, ${parts}. New bars follow the ones kept.`;
+  $("prompt-text").textContent = `${name}: ${info.bars} bars, ${parts}.`;
   $("prompt-bars").max = info.bars;
+  $("rewrite-from").max = info.bars;
+  $("rewrite-to").max = info.bars;
   $("prompt-bars").value = info.bars;
   $("prompt").hidden = false;
 }
