@@ -37,14 +37,15 @@ BAND = ("freedoom", "easyrpg", "simutrans")
 BARS = 8
 
 
-def segments(data: Path, tokenizer, *, sources, part: int | None, cases: int, per_piece: int = 2):
+def segments(data: Path, tokenizer, *, sources, part: int | None, cases: int, per_piece: int = 3):
     """(source, notes shifted to 0, bpm) of 8-bar segments where `part` plays in at least 4
-    bars and the rest in at least 6 (part None: any segment with two parts or more)."""
+    bars and the rest in at least 6 (part None: any segment with notes in 6 bars or more)."""
     bar = tokenizer.config.steps_per_bar
     found = []
     for line in (data / "validation.pieces.jsonl").read_text().splitlines():
         record = json.loads(line)
-        source = Path(record["path"]).parent.name
+        parts = Path(record["path"]).parts
+        source = parts[parts.index("midi") + 1] if "midi" in parts else parts[-2]
         if source not in sources:
             continue
         score = tokenizer.read(record["path"])
@@ -54,7 +55,7 @@ def segments(data: Path, tokenizer, *, sources, part: int | None, cases: int, pe
             notes = [n._replace(start=n.start - first * bar) for n in score.notes
                      if first * bar <= n.start < (first + BARS) * bar]
             if part is None:
-                if len({n.instrument for n in notes}) < 2 or len({n.start // bar for n in notes}) < 6:
+                if len({n.start // bar for n in notes}) < 6:
                     continue
             else:
                 mine = {n.start // bar for n in notes if n.instrument == part}
@@ -134,8 +135,8 @@ def rewrite_table(banger, data, cases: int) -> list[tuple[str, dict]]:
 def continuation_table(banger, data, cases: int) -> None:
     tokenizer = banger.tokenizer
     bar = tokenizer.config.steps_per_bar
-    found = segments(data, tokenizer, sources=BAND + ("pop909",), part=None, cases=cases,
-                     per_piece=1)
+    found = segments(data, tokenizer, sources=BAND, part=None, cases=cases - 6, per_piece=2)
+    found += segments(data, tokenizer, sources=("pop909",), part=None, cases=6, per_piece=1)
     bass = instrument_named("bass").index
     print(f"\ncontinuation: {len(found)} prompts of {BARS} bars "
           f"({', '.join(sorted({s for s, _, _ in found}))}), {BARS} bars continued")

@@ -19,7 +19,7 @@ from bangercli.midi.tokenizer import Tokenizer
 from bangercli.model.network import PRESETS, build_model
 
 BASS, GUITAR, PIANO = (instrument_named(n).index for n in ("bass", "guitar", "piano"))
-SEEDS = range(4)
+SEEDS = range(2)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_only_says_which_parts_of_the_prompt_it_left_out(banger):
     piece = generate(banger, Request(prompt=riff(piano=True), instruments=("bass",), only=True,
                                      bars=1, seed=1))[0]
     assert any(w.startswith("--only") and "guitar" in w and "piano" in w for w in piece.warnings)
-    assert {n.instrument for n in piece.notes} <= {BASS}
+    assert {n.instrument for n in piece.notes} == {BASS}  # and bass does play (issue 11, 4)
 
 
 # --- requests that make no sense -----------------------------------------------------------
@@ -264,7 +264,7 @@ def test_a_range_outside_the_prompt_and_contradicting_drums_are_refused(banger):
 def test_the_same_seed_gives_the_same_bytes(banger):
     def render(seed):
         buffer = io.BytesIO()
-        generate(banger, Request(prompt=riff(), add=("bass",), seed=seed))[0].midi.save(
+        generate(banger, Request(prompt=riff(bars=2), add=("bass",), seed=seed))[0].midi.save(
             file=buffer)
         return buffer.getvalue()
 
