@@ -17,10 +17,22 @@ stderr = Console(stderr=True, highlight=False)
 def check_output_folder(out: Path, flag: str = "--out") -> None:
     """Refuse an output folder that can never be made, before any work: a file, a file on
     its path, or a first existing folder that is not writable."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in str(out)):
+        raise UsageError(f"{flag} {str(out)!r} holds a control character (newline, tab, ...)",
+                         hint="paths are printed one per line on stdout: choose another name")
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8: stdout could not print the results
+        raise UsageError(f"{flag} {str(out)!r} is not valid UTF-8",
+                         hint="paths are printed on stdout: choose a UTF-8 name") from None
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag} {out} is not a folder", hint=f"choose another {flag}")
     for folder in (out, *out.parents):
         if not folder.exists():
+            if folder.is_symlink():  # mkdir would fail on it after all the work
+                raise UsageError(f"{flag} {out}: {folder} is a symbolic link to "
+                                 f"{os.readlink(folder)}, which does not exist",
+                                 hint=f"make that folder first, or choose another {flag}")
             continue
         if not folder.is_dir():
             raise UsageError(f"{flag} {out}: {folder} is a file, not a folder",

@@ -39,6 +39,12 @@ def evaluate(
         raise UsageError("--batch-size and --max-pieces must be >= 1")
     if samples < 0 or bars < 1:
         raise UsageError("--samples must be >= 0 and --bars >= 1")
+    from ..generation.request import MAX_BARS, MAX_VARIANTS
+
+    for flag, value, ceiling in (("--samples", samples, MAX_VARIANTS), ("--bars", bars, MAX_BARS)):
+        if value > ceiling:  # checked before the scoring, which may take minutes
+            raise UsageError(f"{flag} must be at most {ceiling}, got {value}",
+                             hint="a ceiling against runaway work: run several commands")
     if not 0 <= seed < 2**63:
         raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
     if split not in SPLITS:

@@ -205,7 +205,9 @@ def preprocess(
 ) -> PreprocessReport:
     """Build a data directory at `out` from the MIDI files under `sources`."""
     options.validate()
-    out = Path(out)
+    named = out = Path(out)
+    if out.is_symlink() and out.is_dir():  # --out LINK: the data set it points to is replaced,
+        out = out.resolve()  # the link stays (renaming the link itself would replace it)
     _clear_killed_runs(out)  # first: it may put back the data set a killed --force run moved
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory", hint="choose another --out")
@@ -220,11 +222,16 @@ def preprocess(
             raise OutputExistsError(
                 f"{out} is not a banger data set (no banger manifest.json): --force replaces "
                 "only folders banger wrote", hint="choose another --out, or empty it yourself")
+        checkpoints = sorted(str(p.relative_to(out)) for p in out.rglob("*.safetensors"))
+        if checkpoints:  # a training run put there: not part of the data set
+            raise OutputExistsError(
+                f"{out} also holds {', '.join(checkpoints[:3])}: --force would delete it",
+                hint="move the checkpoints elsewhere first, or choose another --out")
     files = find_midi_files(sources)
     if not files:
         raise DataError(f"no .mid/.midi files found in {', '.join(map(str, sources))}")
     workers = max(1, workers or os.cpu_count() or 1)
-    report = PreprocessReport(out=out, found=len(files))
+    report = PreprocessReport(out=named, found=len(files))
     started = time.perf_counter()
 
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -251,7 +258,9 @@ def _build(staging, files, options, config, workers, report, progress) -> None:
     writers = {split: ShardWriter(staging, split) for split in ("train", "validation")}
     instruments: Counter = Counter()
     seen: set[str] = set()
-    with open(staging / "skipped.csv", "w", newline="", encoding="utf-8") as handle:
+    # a file name that is not UTF-8 (its bytes as \udcXX) is written with backslashes
+    with open(staging / "skipped.csv", "w", newline="", encoding="utf-8",
+              errors="backslashreplace") as handle:
         skipped = csv.writer(handle)
         skipped.writerow(["path", "reason"])
         for done, result in enumerate(_results(files, options, config, workers), 1):

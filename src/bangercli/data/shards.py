@@ -37,7 +37,10 @@ class ShardWriter:
         self.offsets = [0]  # 8 bytes a piece: 1.4 MB for all of Lakh
         self.notes = 0
         self._tokens = open(self.directory / f"{split}.tokens", "wb")
-        self._pieces = open(self.directory / f"{split}.pieces.jsonl", "w", encoding="utf-8")
+        # backslashreplace: a path that is not UTF-8 becomes a JSON escape (\udcff) that reads
+        # back as the same str, instead of a UnicodeEncodeError
+        self._pieces = open(self.directory / f"{split}.pieces.jsonl", "w", encoding="utf-8",
+                            errors="backslashreplace")
 
     def add(self, ids: list[int], info: dict) -> None:
         array = np.asarray(ids, dtype=TOKEN_DTYPE)
@@ -80,11 +83,25 @@ class Shards:
             raise DataError(
                 f"{self.data_dir} is incomplete: {err}", hint="re-run `banger preprocess --force`"
             ) from None
-        if len(self.offsets) < 1 or self.offsets[-1] != len(self.tokens):
-            raise DataError(
-                f"{self.data_dir}: {split}.index.npy does not match {split}.tokens",
-                hint="re-run `banger preprocess --force`",
-            )
+        self._check(split)
+
+    def _check(self, split: str) -> None:
+        """Refuse a damaged or tampered split before it reaches the model: offsets that are
+        not a rising list of whole numbers from 0 to the token count, or token ids the
+        manifest's tokenizer does not have (the embedding would fail with an IndexError)."""
+        offsets, hint = self.offsets, "re-run `banger preprocess --force`"
+        if (offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 1
+                or offsets[0] != 0 or offsets[-1] != len(self.tokens)
+                or bool((np.diff(offsets) < 0).any())):
+            raise DataError(f"{self.data_dir}: {split}.index.npy does not match {split}.tokens",
+                            hint=hint)
+        from ..midi.tokenizer import Tokenizer, TokenizerConfig
+
+        vocabulary = Tokenizer(TokenizerConfig.from_dict(self.manifest.get("tokenizer"))).vocab_size
+        if len(self.tokens) and int(self.tokens.max()) >= vocabulary:
+            raise DataError(f"{self.data_dir}: {split}.tokens holds token id "
+                            f"{int(self.tokens.max())}, beyond the tokenizer's {vocabulary}",
+                            hint=hint)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..generation.generate import generate
-from ..generation.request import Request
+from ..generation.request import MAX_VARIANTS, Request
 from ..midi.instruments import DRUMS, INSTRUMENTS, instrument_named
 from ..midi.score import Header, Note, Score
 from .metrics import adherence, mean_metrics, piece_metrics
@@ -207,9 +207,12 @@ def _measure_matched(banger, result: MusicEvaluation, groups: dict[tuple, list],
     rows: dict[str, list] = {"real": [], "generated": []}
     structures: dict[str, list] = {"real": [], "generated": []}
     for number, ((names, drums), real) in enumerate(sorted(groups.items(), key=str)):
-        request = Request(instruments=names, drums=drums, only=bool(names), bars=bars,
-                          variants=len(real), seed=seed + MATCHED_SEED + number)
-        generated = [piece.notes for piece in generate(banger, request)]
+        generated = []
+        for first in range(0, len(real), MAX_VARIANTS):  # a big group: several requests
+            request = Request(instruments=names, drums=drums, only=bool(names), bars=bars,
+                              variants=min(MAX_VARIANTS, len(real) - first),
+                              seed=seed + MATCHED_SEED + number + first)
+            generated += [piece.notes for piece in generate(banger, request)]
         for kind, pieces in (("real", real), ("generated", generated)):
             rows[kind] += [piece_metrics(notes, **grid) for notes in pieces]
             structures[kind] += [structure_metrics(notes, **grid, drums=drums)

@@ -14,17 +14,23 @@ also its channel); a new instrument gets a channel the prompt leaves free.
 from __future__ import annotations
 
 import io
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
+from math import gcd
 
 import mido
 
 from .instruments import DRUM_CHANNEL, DRUMS, INSTRUMENTS, category_of
-from .midifile import channel_of
+from .midifile import MAX_EVENTS, channel_of, parsed_tracks
 from .score import Grid, Note
 
 # Copying a file's events is only attempted for what mido reads as plain metrical time.
 _NOTE_EVENTS = ("note_on", "note_off")
+# Events mido may build to copy a prompt (each takes ~300 bytes there, and as much again in
+# the copy): the reader's own budget. A 16 MB file of controllers would otherwise take 40 s
+# and 1.5 GB in mido alone; such a prompt is kept as banger hears it instead.
+MAX_COPIED_EVENTS = MAX_EVENTS
 
 
 @dataclass
@@ -50,18 +56,31 @@ class PromptFile:
 
     def __init__(self, data: bytes, grid: Grid) -> None:
         self.grid = grid
-        self.problem = ""
-        try:
-            self.midi = mido.MidiFile(file=io.BytesIO(data), clip=True)
-        except Exception as err:  # any parse failure of a file our own reader accepted
-            self.midi, self.problem = None, f"mido cannot read it ({err})"
+        self.midi, self.problem = None, ""
+        tracks = parsed_tracks(data)
+        events = sum(len(track.notes) + track.others for track in tracks)
+        if events > MAX_COPIED_EVENTS:
+            self.problem = f"it holds {events:,} events (more than {MAX_COPIED_EVENTS:,})"
         else:
+            try:  # mido is shown the MTrk chunks the reader read, and only those
+                self.midi = mido.MidiFile(file=io.BytesIO(_tracks_only(data, tracks)), clip=True)
+            except Exception as err:  # any parse failure of a file our own reader accepted
+                self.problem = f"mido cannot read it ({err or type(err).__name__})"
+        if self.midi is not None:
             if self.midi.type == 2:
                 self.problem = "it is a format 2 file (independent sequences)"
             elif not 0 < self.midi.ticks_per_beat < 0x8000:
                 self.problem = "its time is in SMPTE frames, not beats"
+            elif [_note_ons(track) for track in self.midi.tracks] != [len(t.notes) for t in tracks]:
+                self.problem = "mido reads other notes in it than banger's reader"
         self.usable = not self.problem
-        self.tpb = self.midi.ticks_per_beat if self.usable else 480
+        tpb = self.midi.ticks_per_beat if self.usable else 480
+        # Coarser ticks than the grid (ticks_per_beat 1 to 7) would put new notes on the
+        # beat and end some where they start (never switched off): every tick of the copy is
+        # multiplied by `scale`, which keeps the prompt's times exact.
+        steps = grid.steps_per_quarter
+        self.scale = steps // gcd(tpb, steps) if tpb < steps else 1
+        self.tpb = tpb * self.scale
         self.meters = self._meters() if self.usable else [(0, 4, 4)]
 
     def step(self, tick: int) -> int:
@@ -80,7 +99,7 @@ class PromptFile:
             while index + 1 < len(self.meters) and self.meters[index + 1][0] <= tick:
                 index += 1
             _, numerator, denominator = self.meters[index]
-            tick += max(numerator * self.tpb * 4 // denominator, 1)
+            tick += numerator * self.tpb * 4 // denominator  # at least a step (see _meters)
             following = self.meters[index + 1][0] if index + 1 < len(self.meters) else None
             if following is not None and tick > following:  # a change in mid-bar starts a bar
                 tick = following
@@ -96,14 +115,36 @@ class PromptFile:
         return current
 
     def _meters(self) -> list[tuple[int, int, int]]:
+        """(tick, numerator, denominator) of each time signature; one whose bar is shorter
+        than a grid step (0/4, 3/128, a denominator of 2**255) is corrupt and ignored: it
+        would make billions of bars."""
         meters = {0: (4, 4)}
         for track in self.midi.tracks:
             tick = 0
             for message in track:
                 tick += message.time
-                if message.type == "time_signature" and message.numerator > 0:
-                    meters[tick] = (message.numerator, message.denominator)
+                if message.type == "time_signature" and message.numerator > 0 \
+                        and message.numerator * 4 * self.grid.steps_per_quarter >= message.denominator:
+                    meters[tick * self.scale] = (message.numerator, message.denominator)
         return [(tick, *meters[tick]) for tick in sorted(meters)]
+
+
+def _tracks_only(data: bytes, tracks) -> bytes:
+    """`data` with the header counting its MTrk chunks and nothing but them: mido reads as
+    many tracks as the header says and stops at other chunks, the reader reads every MTrk."""
+    header = b"MThd" + (6).to_bytes(4, "big") + data[8:10] + len(tracks).to_bytes(2, "big")
+    return header + data[12:14] + b"".join(data[start:stop] for start, stop in
+                                           (track.chunk for track in tracks))
+
+
+def _note_ons(track: mido.MidiTrack) -> int:
+    """Sounding note-ons up to the end of the track (as the reader counts them)."""
+    count = 0
+    for message in track:
+        if message.type == "end_of_track":
+            break
+        count += message.type == "note_on" and message.velocity > 0
+    return count
 
 
 def merge(prompt: PromptFile, cut: Cut, new_notes: list[Note], *, order: list[int],
@@ -114,7 +155,7 @@ def merge(prompt: PromptFile, cut: Cut, new_notes: list[Note], *, order: list[in
     it is a second voice on a channel of its own)."""
     midi = prompt.midi
     out = mido.MidiFile(type=1, ticks_per_beat=prompt.tpb)
-    programs = _programs(midi)
+    programs = _programs(midi, prompt.scale)
     end_tick = prompt.tick(end)
     cut_tick = prompt.tick(cut.until)
     used_channels, first_program, channel_for = set(), {}, {}
@@ -148,9 +189,12 @@ def merge(prompt: PromptFile, cut: Cut, new_notes: list[Note], *, order: list[in
             channel = DRUM_CHANNEL
         elif continued and instrument in channel_for:
             channel = channel_for[instrument]  # the prompt's channel already has the program
-        else:
-            channel = free.pop(0) if free else channel_for.get(instrument, channel_of(instrument))
+        elif free:
+            channel = free.pop(0)
             events.append((0, mido.Message("program_change", channel=channel, program=program)))
+        else:  # all 16 channels play the prompt: a program change would change one of its
+            # parts, so the new part plays on a channel as it is (its own instrument's if any)
+            channel = channel_for.get(instrument, channel_of(instrument))
         for note in by_instrument[instrument]:
             velocity = prompt.grid.velocity_of(note.velocity)
             events.append((prompt.tick(note.start), mido.Message(
@@ -171,9 +215,11 @@ def _kept_events(track, cut: Cut, cut_tick: int, programs, prompt: PromptFile,
     open_notes: dict[tuple[int, int], deque[bool]] = {}
     tick = 0
     for message in track:
-        tick += message.time
+        tick += message.time * prompt.scale
         kind = message.type
-        if kind == "end_of_track":
+        if kind == "end_of_track":  # the reader reads no further either
+            break
+        if kind == "set_tempo" and message.tempo == 0:  # the reader ignores it: so does the copy
             continue
         if kind in _NOTE_EVENTS:
             key = (message.channel, message.note)
@@ -191,16 +237,21 @@ def _kept_events(track, cut: Cut, cut_tick: int, programs, prompt: PromptFile,
                 kept.append((tick, message))
         elif tick < cut_tick and not (bpm is not None and kind == "set_tempo"):
             kept.append((tick, message))
+    for (channel, pitch), pending in open_notes.items():
+        # a note never switched off lasts to the end of its track (as the reader hears it),
+        # not on through the new bars
+        kept += [(tick, mido.Message("note_off", channel=channel, note=pitch, velocity=0))
+                 for keep in pending if keep]
     return kept, used
 
 
-def _programs(midi: mido.MidiFile) -> dict[int, list[tuple[int, int]]]:
+def _programs(midi: mido.MidiFile, scale: int) -> dict[int, list[tuple[int, int]]]:
     """{channel: [(tick, program), ...]} over all tracks, in time order."""
     programs: dict[int, list[tuple[int, int]]] = {}
     for track in midi.tracks:
         tick = 0
         for message in track:
-            tick += message.time
+            tick += message.time * scale
             if message.type == "program_change":
                 programs.setdefault(message.channel, []).append((tick, message.program))
     for changes in programs.values():
@@ -210,16 +261,12 @@ def _programs(midi: mido.MidiFile) -> dict[int, list[tuple[int, int]]]:
 
 def _program_at(programs, channel: int, tick: int) -> int:
     """The program in force at `tick` (before a channel's first change: that one, as the
-    reader has it)."""
+    reader has it). A binary search: a prompt may hold 100,000 program changes."""
     changes = programs.get(channel)
     if not changes:
         return 0
-    program = changes[0][1]
-    for at, value in changes:
-        if at > tick:
-            break
-        program = value
-    return program
+    at = bisect_right(changes, (tick, 1 << 8)) - 1  # a change at `tick` counts
+    return changes[max(at, 0)][1]
 
 
 def _track(events: list[tuple[int, mido.Message]], end_tick: int) -> mido.MidiTrack:

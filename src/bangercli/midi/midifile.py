@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import io
 import os
+import stat
 from collections import deque
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +42,8 @@ OUTPUT_TICKS_PER_BEAT = 480
 class _Track(NamedTuple):
     notes: list[tuple[int, int, int, int, int]]  # (on_tick, off_tick, channel, pitch, velocity)
     last_tick: int
+    others: int = 0  # events other than sounding note-ons (what a copy of the file holds too)
+    chunk: tuple[int, int] = (0, 0)  # where its MTrk chunk lies in the file's bytes
 
 
 def read_score(source: str | os.PathLike | bytes | mido.MidiFile, grid: Grid) -> Score:
@@ -48,6 +51,12 @@ def read_score(source: str | os.PathLike | bytes | mido.MidiFile, grid: Grid) ->
     data = midi_bytes(source)
     tracks, programs, tempos, ticks_per_beat = _parse(data)
     return _to_score(tracks, programs, tempos, ticks_per_beat, grid)
+
+
+def parsed_tracks(data: bytes) -> list[_Track]:
+    """The MTrk chunks of `data` as the reader sees them (notes, other events, where each
+    chunk lies), for a writer that copies a file's own events (merge.py)."""
+    return _parse(data)[0]
 
 
 def midi_bytes(source: str | os.PathLike | bytes | mido.MidiFile) -> bytes:
@@ -61,15 +70,22 @@ def midi_bytes(source: str | os.PathLike | bytes | mido.MidiFile) -> bytes:
             raise MidiReadError(f"cannot serialise the MidiFile: {err}") from None
         return buffer.getvalue()
     path = Path(source)
-    try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise MidiReadError(f"{path} is a directory, not a MIDI file")
-        if size > MAX_FILE_BYTES:
-            raise MidiReadError(f"file too large ({size} bytes > {MAX_FILE_BYTES})")
-        return path.read_bytes()
+    try:  # opened without blocking, checked on the handle, read up to the limit: a FIFO
+        # never blocks, /dev/zero never fills the memory, a growing file is cut at the limit
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(handle, "rb") as file:
+            status = os.fstat(file.fileno())
+            if stat.S_ISDIR(status.st_mode):
+                raise MidiReadError(f"{path} is a directory, not a MIDI file")
+            if not stat.S_ISREG(status.st_mode):
+                raise MidiReadError(f"{path} is not a regular file (a FIFO, device or socket)")
+            if status.st_size > MAX_FILE_BYTES:
+                raise MidiReadError(f"file too large ({status.st_size} bytes > {MAX_FILE_BYTES})")
+            return file.read(MAX_FILE_BYTES + 1)  # more than the limit: _parse refuses it
     except FileNotFoundError:
         raise MidiReadError(f"no such file: {path}") from None
+    except IsADirectoryError:  # where a folder cannot be opened at all
+        raise MidiReadError(f"{path} is a directory, not a MIDI file") from None
     except OSError as err:
         raise MidiReadError(f"cannot read {path}: {err.strerror or err}") from None
 
@@ -119,7 +135,8 @@ def _parse(data: bytes):
             if len(tracks) == MAX_TRACKS:
                 raise MidiReadError(f"too many tracks: more than {MAX_TRACKS:,} MTrk chunks")
             budget = MAX_EVENTS - notes - len(programs) - len(tempos)
-            tracks.append(_parse_track(data, body, body + length, programs, tempos, budget))
+            track = _parse_track(data, body, body + length, programs, tempos, budget)
+            tracks.append(track._replace(chunk=(pos, body + length)))
             notes += len(tracks[-1].notes)
         pos = body + length
     if not tracks:
@@ -134,6 +151,7 @@ def _parse_track(
     At most `budget` note-ons, program and tempo changes are kept (see MAX_EVENTS)."""
     tick = 0
     status = 0
+    others = 0
     open_notes: dict[int, deque[tuple[int, int]]] = {}  # channel*128+pitch -> [(on_tick, velocity)]
     notes: list[tuple[int, int, int, int, int]] = []
     try:
@@ -156,6 +174,7 @@ def _parse_track(
             byte = data[pos]
             if byte >= 0x80:
                 pos += 1
+                others += byte >= 0xF0  # channel messages are counted below
                 if byte < 0xF0:
                     status = byte
                 elif byte == 0xFF:  # meta event: type, length, data
@@ -184,6 +203,7 @@ def _parse_track(
             if kind in (0xC0, 0xD0):  # one data byte
                 value = data[pos]
                 pos += 1
+                others += 1
                 if value > 0x7F:
                     raise MidiReadError("corrupt track: data byte above 127")
                 if kind == 0xC0:
@@ -205,11 +225,13 @@ def _parse_track(
                     open_notes[channel * 128 + first] = deque(((tick, second),))
                 else:
                     pending.append((tick, second))
-            elif kind == 0x80 or kind == 0x90:
-                pending = open_notes.get(channel * 128 + first)
-                if pending:
-                    on_tick, velocity = pending.popleft()
-                    notes.append((on_tick, tick, channel, first, velocity))
+            else:
+                others += 1
+                if kind == 0x80 or kind == 0x90:
+                    pending = open_notes.get(channel * 128 + first)
+                    if pending:
+                        on_tick, velocity = pending.popleft()
+                        notes.append((on_tick, tick, channel, first, velocity))
     except IndexError:
         raise MidiReadError("truncated track: an event runs past the end of its chunk") from None
     if pos > end:
@@ -217,7 +239,7 @@ def _parse_track(
     for key, pending in open_notes.items():  # never switched off: they last to the track's end
         for on_tick, velocity in pending:
             notes.append((on_tick, tick, key >> 7, key & 0x7F, velocity))
-    return _Track(notes, tick)
+    return _Track(notes, tick, others)
 
 
 def _too_many_events() -> MidiReadError:

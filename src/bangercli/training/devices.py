@@ -87,6 +87,30 @@ def pick_device(device: str = "auto") -> torch.device:
     return chosen
 
 
+# Bytes a weight takes while training: float32 weights, gradients and Adam's two moments
+# (activations come on top, so this is the least a model needs).
+TRAINING_BYTES_PER_WEIGHT = 16
+
+
+def check_fits(weights: int, device: torch.device) -> None:
+    """Refuse a model whose training state alone is larger than the device's memory, before
+    an old run is cleared (--force) or anything is built: a typo like --dim 16384 would
+    otherwise end in an allocation traceback, or in the kernel's OOM killer."""
+    needed = weights * TRAINING_BYTES_PER_WEIGHT
+    try:
+        if device.type == "cuda":
+            total = torch.cuda.get_device_properties(device.index or 0).total_memory
+        else:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):  # unknown: let it try
+        return
+    if needed > total:
+        raise UsageError(f"a model of {weights:,} weights needs at least {needed / 2**30:,.1f} "
+                         f"GiB to train (weights, gradients, Adam state), more than the "
+                         f"{total / 2**30:,.1f} GiB of the {device.type.upper()} memory",
+                         hint="choose a smaller --dim, --depth, --heads or --preset")
+
+
 def setup_runtime(device: str = "auto") -> Runtime:
     """The runtime for `device` ("auto", "cpu", "cuda", "cuda:N"), joining a torchrun job
     when the environment says so (RANK, WORLD_SIZE, LOCAL_RANK)."""

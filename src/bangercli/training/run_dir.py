@@ -66,6 +66,13 @@ def check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     and --resume with nothing to resume."""
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputExistsError(f"{run_dir} is a file", hint="choose another --out")
+    from ..data.preprocess import is_data_set
+
+    for folder in (run_dir, *run_dir.absolute().parents):
+        if is_data_set(folder):  # `preprocess --force` replaces that folder, run and all
+            raise UsageError(f"--out {run_dir} is inside the data set {folder}: the next "
+                             "`banger preprocess --force` there would delete the run",
+                             hint="choose another --out, e.g. runs/NAME")
     existing = [name for name in RUN_FILES[:3] if (run_dir / name).exists()]
     resumable = "last.safetensors" in existing
     if resume:

@@ -37,7 +37,7 @@ from ..model.checkpoint import (
 )
 from ..model.network import ModelConfig, NextTokenLoss, build_model, count_parameters
 from .config import TrainConfig, learning_rate
-from .devices import StopOnCtrlC, setup_runtime, wrap_model
+from .devices import StopOnCtrlC, check_fits, setup_runtime, wrap_model
 from .log import MetricsLog, write_curves
 from .run_dir import check_run_dir, clear_run_dir
 
@@ -116,6 +116,7 @@ class Trainer:
             model_config = replace(model_config, vocab_size=Tokenizer(tokenizer_config).vocab_size)
         self.model_config, self.tokenizer = model_config.validate(), Tokenizer(tokenizer_config)
         self._check_batch()
+        check_fits(self.model_config.weight_count(), self.runtime.device)
         weights = mix_weights(self.train_data, config.mix)
         if not resume:  # every check passed: only now clear an old run away (--force)
             self._clear_run_dir()

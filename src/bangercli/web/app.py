@@ -34,6 +34,7 @@ from ..atomic_files import atomic_write
 from ..errors import BangerError, UsageError
 from ..generation.save import save_pieces
 from ..midi.instruments import INSTRUMENTS
+from ..midi.merge import PromptFile
 from .jobs import Busy, GenerationQueue
 from .options import WebConfig, piece_json, prompt_name, request_from
 
@@ -156,8 +157,10 @@ class Server:
         path = self.out_dir / f"prompt-{hashlib.sha256(data).hexdigest()[:16]}.mid"
         if not path.exists():
             atomic_write(path, lambda temporary: temporary.write_bytes(data))
-        bars = max(n.start for n in score.notes) // tokenizer.config.steps_per_bar + 1
-        return {"url": self.files.add(path), "score": score, "bars": bars}
+        # counted in the prompt's own time signatures, as --prompt-bars and --rewrite count
+        # them (a 3/4 waltz of 12 bars is 12 bars, not 9 bars of 4/4)
+        starts = PromptFile(data, tokenizer.grid).bar_starts(max(n.start for n in score.notes) + 1)
+        return {"url": self.files.add(path), "score": score, "bars": len(starts) - 1}
 
     async def generate(self, request: HttpRequest) -> Response:
         if not same_origin(request):

@@ -43,8 +43,9 @@ def request_from(options: object, config: WebConfig, *, prompt: bytes | None = N
     options = dict(options)
     if options.get("seed") is None:
         options["seed"] = secrets.randbelow(SEED_RANGE)
-    if options.get("instruments") is None:
-        options["instruments"] = ()
+    for name in ("instruments", "add"):  # JSON null: not given, as for every other option
+        if options.get(name) is None:
+            options[name] = ()
     if prompt is not None:
         options["prompt"] = prompt
     elif options.get("prompt") is not None:
