@@ -189,9 +189,6 @@ def test_a_prompt_on_all_16_channels_keeps_its_programs_when_a_part_is_added(six
     assert not note_events(prompt) - note_events(piece.midi)
 
 
-@pytest.mark.xfail(strict=True, reason="generation/generate.py: nothing says that a part added "
-                   "to a prompt using all 16 channels plays on one of them with that channel's "
-                   "program; expected a warning naming the channel")
 def test_a_new_part_sharing_a_channel_is_said_in_a_warning(sixteen):
     assert any("channel" in warning for warning in sixteen[1].warnings)
 
@@ -577,10 +574,6 @@ def test_api_values_that_held(tiny):
 # --- defects in files this pass could not change (xfail until fixed there) -------------------
 
 
-@pytest.mark.xfail(strict=True, reason="generation/sampling.py, request.py: an extreme but "
-                   "accepted temperature or top_p makes sample() return token 0 (PAD, masked) "
-                   "from NaN or empty probabilities, and the loop repeats it forever. Expected: "
-                   "refused by Request, or a piece")
 @pytest.mark.parametrize("options", [
     dict(temperature=1e308),
     pytest.param(dict(temperature=1e-300), marks=pytest.mark.slow),
@@ -604,10 +597,6 @@ def test_extreme_sampling_values_are_refused_or_finish(tiny, monkeypatch, option
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="generation/request.py or accompany.py: --add and "
-                   "--rewrite decode every bar of the prompt and no ceiling bounds it (520 bars "
-                   "took 332 s with the tiny model). Expected: a UsageError naming the 256-bar "
-                   "ceiling (hint: --prompt-bars) before decoding")
 def test_play_along_over_a_prompt_longer_than_the_bar_ceiling_is_refused(tiny, monkeypatch):
     from bangercli.generation import generate as generation
 
@@ -630,16 +619,11 @@ def test_load_model_with_an_unknown_device_is_a_usage_error(checkpoint):
         load_model(checkpoint, device="tpu")
 
 
-@pytest.mark.xfail(strict=True, reason="generation/request.py: _FLAG_NAMES lacks let_rest, so "
-                   "the message names '--let_rest', a flag that does not exist")
 def test_a_bad_let_rest_names_the_real_flag(tiny, tmp_path):
     with pytest.raises(UsageError, match="--let-rest must be"):
         tiny.generate(prompt=save(band(0), tmp_path / "a.mid"), let_rest=1)
 
 
-@pytest.mark.xfail(strict=True, reason="generation/generate.py, request.py: the message holds "
-                   "the repr of the whole prompt (4 KB for a 1.6 KB file, 64 MB for 16 MB); "
-                   "expected a short name, e.g. 'the prompt (1,634 bytes)'")
 @pytest.mark.parametrize("kind", [bytes, bytearray])
 def test_an_error_about_a_prompt_in_memory_is_short(tiny, kind):
     silent = [(beat * TPB, 1, mido.Message("note_on", note=60, velocity=0)) for beat in range(400)]
@@ -648,9 +632,6 @@ def test_an_error_about_a_prompt_in_memory_is_short(tiny, kind):
     assert len(str(raised.value)) < 300
 
 
-@pytest.mark.xfail(strict=True, reason="midi/tokenizer.py: Tokenizer('x') fails later with "
-                   "AttributeError: 'str' object has no attribute 'grid'; expected a TypeError "
-                   "or UsageError naming TokenizerConfig")
 def test_a_tokenizer_of_a_wrong_config_says_what_it_wants():
     with pytest.raises((TypeError, UsageError), match="TokenizerConfig"):
         Tokenizer("x")

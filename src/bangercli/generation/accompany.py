@@ -18,6 +18,7 @@ from ..midi.instruments import DRUMS, instrument_named
 from ..midi.score import Note, instrument_counts, normalize
 from ..midi.tokenizer import Tokenizer, lead_order
 from .band import WINDOW_BARS, Region
+from .request import MAX_BARS
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ def plan_play_along(tokenizer: Tokenizer, request, notes: list[Note], *, bar_sta
     prompt's kept notes, `bar_starts` the grid steps where its kept bars start, and the end."""
     steps_per_bar = tokenizer.config.steps_per_bar
     length = bar_starts[-1]
+    bars = len(bar_starts) - 1 + request.bars
+    if bars > MAX_BARS:  # every bar of the prompt is decoded, not just the new ones
+        raise UsageError(f"playing along decodes every bar: {len(bar_starts) - 1} of the prompt "
+                         f"and {request.bars} more are {bars}, more than {MAX_BARS}",
+                         hint=f"keep fewer bars with --prompt-bars (at most {MAX_BARS})")
     prompt_counts = instrument_counts(notes)
     prompt_drums = prompt_counts[DRUMS.index] > 0
     if request.add:

@@ -23,7 +23,7 @@ from ..midi.tokenizer import Tokenizer, lead_order
 from .accompany import new_notes, plan_play_along
 from .band import WINDOW_BARS, Region
 from .decoding import Plan, decode_rows
-from .request import Request
+from .request import Request, prompt_name
 
 # Most rows decoded together. The KV cache and the re-window prefill grow with the batch
 # (about 8.5 MB a row at peak for the default model), and a batch runs until its slowest row
@@ -94,7 +94,8 @@ def _plan(tokenizer: Tokenizer, request: Request) -> tuple[Plan, float, _Prompt 
     data = midi_bytes(request.prompt)
     score = tokenizer.read(data)
     if not score.notes:
-        raise UsageError(f"the prompt {request.prompt} has no notes")
+        raise UsageError(f"{prompt_name(request.prompt)} has no notes",
+                         hint="give a MIDI file with notes")
     file = PromptFile(data, tokenizer.grid)
     warnings = []
     if not file.usable:
@@ -195,11 +196,12 @@ def _piece(tokenizer: Tokenizer, row: list[int], plan: Plan, bpm: float, request
         midi = write_midi(notes, order=order, grid=tokenizer.grid, bpm=bpm, length=limit)
     else:
         new = new_notes(tokenizer, row, kept=prompt.kept_notes, along=plan.along, limit=limit)
+        said: list[str] = []
         midi = merge(prompt.file, prompt.cut, new, order=order, end=limit, bpm=request.bpm,
-                     continued=not request.add)
+                     continued=not request.add, warnings=said)
         bars = prompt.bars + max(limit - prompt.cut.until, 0) // steps_per_bar
     if prompt is not None:
-        warnings = prompt.warnings
+        warnings = prompt.warnings + tuple(said if prompt.file.usable else ())
     present = [INSTRUMENTS[i].name for i in order if counts[i] and i != DRUMS.index]
     return Piece(ids=row, notes=notes, instruments=present, drums=counts[DRUMS.index] > 0,
                  bars=bars, bpm=bpm, seed=request.seed, midi=midi, warnings=warnings)

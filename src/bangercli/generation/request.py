@@ -22,6 +22,10 @@ from .sampling import Sampling
 
 DEFAULT_BARS = 16  # the length when neither bars nor tokens is given
 BPM_RANGE = (10, 400)
+# Sampling divides float32 logits by the temperature: beyond these bounds they overflow or
+# underflow to inf/NaN and no token can be drawn (1e39 or 1e-300 made the loop spin forever).
+TEMPERATURE_RANGE = (1e-30, 1e38)
+TOP_P_LEAST = 1e-6
 STEER_RANGE = (0, 10)
 # Ceilings, so that a page or a script cannot start practically endless work by accident
 # (a typo of -n 1000000000). 256 bars are 8.5 minutes at 120 bpm.
@@ -95,10 +99,12 @@ class Request:
             if value is not None and value > ceiling:
                 raise UsageError(f"{flag} must be at most {ceiling}, got {value}",
                                  hint="a ceiling against runaway work: run several commands")
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not TEMPERATURE_RANGE[0] <= self.temperature <= TEMPERATURE_RANGE[1]:
+            raise UsageError(f"--temperature must be between {TEMPERATURE_RANGE[0]} and "
+                             f"{TEMPERATURE_RANGE[1]}, got {self.temperature}",
+                             hint="1 is the model's own distribution; 0.5-1.5 is the useful range")
+        if not TOP_P_LEAST <= self.top_p <= 1:
+            raise UsageError(f"--top-p must be between {TOP_P_LEAST} and 1, got {self.top_p}")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be >= 0, got {self.top_k}")
         if self.bpm is not None and not BPM_RANGE[0] <= self.bpm <= BPM_RANGE[1]:
@@ -147,6 +153,15 @@ class Request:
                              hint="choose bars inside the kept part of the prompt")
 
 
+def prompt_name(prompt) -> str:
+    """A short name of a prompt for messages: its path, or what it is and its size."""
+    if isinstance(prompt, (bytes, bytearray)):
+        return f"the prompt ({len(prompt):,} bytes)"
+    if isinstance(prompt, mido.MidiFile):
+        return "the prompt (a mido.MidiFile)"
+    return f"the prompt {os.fsdecode(prompt)!r:.200}"
+
+
 def _names(value, field: str) -> tuple[str, ...]:
     """A tuple of instrument names from a name or an iterable of names."""
     if isinstance(value, str):
@@ -186,7 +201,7 @@ def _bar_range(value) -> tuple[int, int] | None:
 _INTEGERS = ("bars", "tokens", "variants", "seed", "prompt_bars", "top_k")
 _NUMBERS = ("bpm", "temperature", "top_p", "steer")
 _FLAGS = ("only", "drums", "let_rest")
-_FLAG_NAMES = {"tokens": "--tokens", "variants": "--variants", "seed": "--seed", "bpm": "--bpm",
+_FLAG_NAMES = {"let_rest": "--let-rest", "tokens": "--tokens", "variants": "--variants", "seed": "--seed", "bpm": "--bpm",
                "prompt_bars": "--prompt-bars", "top_k": "--top-k", "top_p": "--top-p"}
 
 
@@ -208,7 +223,8 @@ def _check_types(request: Request) -> None:
             raise UsageError(f"{flag} must be a finite number, got {value}")
     prompt = request.prompt
     if prompt is not None and not isinstance(prompt, (str, os.PathLike, bytes, mido.MidiFile)):
-        raise UsageError(f"--prompt must be a path to a MIDI file, got {prompt!r}")
+        raise UsageError(f"--prompt must be a path to a MIDI file, got {type(prompt).__name__}",
+                         hint="a path, the file's bytes or a mido.MidiFile")
 
 
 def _iterable(value) -> bool:

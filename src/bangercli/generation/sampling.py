@@ -105,13 +105,14 @@ def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
     logits = logits.float().masked_fill(~allowed, float("-inf"))
     if options.temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits / options.temperature
-    cut = options.top_p < 1.0 or (0 < options.top_k < logits.shape[-1])
-    if cut and untruncated is not None and bool(untruncated.any()):
-        if not bool(untruncated.all()):  # else no row is cut: skip the sort
-            logits = torch.where(untruncated[:, None], logits, sample_logits(logits, options))
-    elif cut:
-        logits = sample_logits(logits, options)
+    if options.temperature != 1.0:
+        logits = logits / options.temperature
+    if options.top_p < 1.0 or (0 < options.top_k < logits.shape[-1]):
+        if untruncated is None or not bool(untruncated.any()):
+            logits = sample_logits(logits, options)
+        elif not bool(untruncated.all()):  # else no row is cut: skip the sort
+            cut = ~untruncated
+            logits[cut] = sample_logits(logits[cut], options)
     probs = torch.softmax(logits, dim=-1)
     # Inverse-CDF draw: one uniform number per row, placed on the running sum of p. With
     # right=True the first position whose sum exceeds it has p > 0, so a masked token is
@@ -132,11 +133,11 @@ def sample_logits(logits: torch.Tensor, options: Sampling) -> torch.Tensor:
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if options.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens before it already reach top_p (the first always stays)
-        drop = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= options.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        drop = (probs.cumsum(dim=-1) - probs) >= options.top_p
+        logits = logits.masked_fill(torch.empty_like(drop).scatter_(-1, order, drop),
+                                    float("-inf"))
     return logits
 
 

@@ -148,11 +148,12 @@ def _note_ons(track: mido.MidiTrack) -> int:
 
 
 def merge(prompt: PromptFile, cut: Cut, new_notes: list[Note], *, order: list[int],
-          end: int, bpm: float | None = None, continued: bool = True) -> mido.MidiFile:
+          end: int, bpm: float | None = None, continued: bool = True,
+          warnings: list[str] | None = None) -> mido.MidiFile:
     """The prompt's kept events plus `new_notes` (grid) in new tracks, one per instrument in
     `order`. `end` (grid steps) places the end of every track; `bpm` replaces the tempo map;
     `continued`: a new part of an instrument the prompt plays continues on its channel (else
-    it is a second voice on a channel of its own)."""
+    it is a second voice on a channel of its own); `warnings` collects what had to give."""
     midi = prompt.midi
     out = mido.MidiFile(type=1, ticks_per_beat=prompt.tpb)
     programs = _programs(midi, prompt.scale)
@@ -195,6 +196,9 @@ def merge(prompt: PromptFile, cut: Cut, new_notes: list[Note], *, order: list[in
         else:  # all 16 channels play the prompt: a program change would change one of its
             # parts, so the new part plays on a channel as it is (its own instrument's if any)
             channel = channel_for.get(instrument, channel_of(instrument))
+            if warnings is not None:
+                warnings.append(f"the prompt uses every MIDI channel: the new {category.name} "
+                                f"part plays on channel {channel + 1} with its program")
         for note in by_instrument[instrument]:
             velocity = prompt.grid.velocity_of(note.velocity)
             events.append((prompt.tick(note.start), mido.Message(

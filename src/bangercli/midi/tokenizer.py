@@ -79,6 +79,8 @@ class Tokenizer:
     PAD, START, END, DRUMS_OFF, DRUMS_ON = 0, 1, 2, 3, 4
 
     def __init__(self, config: TokenizerConfig | None = None) -> None:
+        if config is not None and not isinstance(config, TokenizerConfig):
+            raise TypeError(f"Tokenizer takes a TokenizerConfig, got {type(config).__name__}")
         self.config = config or TokenizerConfig()
         self.grid = self.config.grid
         c = self.config
