@@ -99,12 +99,17 @@ class Request:
             if value is not None and value > ceiling:
                 raise UsageError(f"{flag} must be at most {ceiling}, got {value}",
                                  hint="a ceiling against runaway work: run several commands")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         if not TEMPERATURE_RANGE[0] <= self.temperature <= TEMPERATURE_RANGE[1]:
             raise UsageError(f"--temperature must be between {TEMPERATURE_RANGE[0]} and "
                              f"{TEMPERATURE_RANGE[1]}, got {self.temperature}",
                              hint="1 is the model's own distribution; 0.5-1.5 is the useful range")
-        if not TOP_P_LEAST <= self.top_p <= 1:
-            raise UsageError(f"--top-p must be between {TOP_P_LEAST} and 1, got {self.top_p}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_p < TOP_P_LEAST:
+            raise UsageError(f"--top-p must be at least {TOP_P_LEAST}, got {self.top_p}",
+                             hint="a tiny top-p keeps only the likeliest note: 0.01 does that")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be >= 0, got {self.top_k}")
         if self.bpm is not None and not BPM_RANGE[0] <= self.bpm <= BPM_RANGE[1]:
@@ -159,7 +164,7 @@ def prompt_name(prompt) -> str:
         return f"the prompt ({len(prompt):,} bytes)"
     if isinstance(prompt, mido.MidiFile):
         return "the prompt (a mido.MidiFile)"
-    return f"the prompt {os.fsdecode(prompt)!r:.200}"
+    return f"the prompt {os.fsdecode(prompt):.200}"
 
 
 def _names(value, field: str) -> tuple[str, ...]:
