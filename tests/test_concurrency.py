@@ -13,8 +13,8 @@ runs) with one change: `save_pieces` waits until every process has reached it. W
 process start-up spreads the runs over seconds and most collisions are caught by the early
 "already exists" check; lined up, they race in the check-then-link window that matters.
 
-Every process start costs seconds of imports, so the default run races two processes; the
-six-run race and the --force race are marked slow (CI runs them).
+Every process start costs seconds of imports, so the races are marked slow (CI runs them;
+the default suite stays under a minute).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ OVERLAPPING = ([Run(seed=11, name="take-{n}", variants=6),
 
 
 @pytest.mark.parametrize("groups", [
-    pytest.param([SAME], id="two-runs"),  # the race itself, at the cost of two process starts
+    pytest.param([SAME], id="two-runs", marks=pytest.mark.slow),  # the race itself, at the cost of two process starts
     pytest.param([SAME, DISTINCT, OVERLAPPING], id="six-runs", marks=pytest.mark.slow),
 ])
 def test_runs_racing_for_names_never_clobber_each_other(checkpoint, expected, tmp_path, groups):
@@ -213,7 +213,7 @@ def test_runs_racing_for_names_never_clobber_each_other(checkpoint, expected, tm
         assert duration == pytest.approx(BARS * 2.0 + audio_module.TAIL_SECONDS, abs=1e-3)
 
 
-@pytest.mark.slow  # four process starts; the race without --force above stays in the default run
+@pytest.mark.slow  # four process starts
 def test_with_force_every_file_is_one_runs_complete_midi(checkpoint, expected, tmp_path):
     # four seeds whose take-1 differ, so that a mix would show (the untrained model leaves
     # most 2-bar pieces empty, and empty pieces are the same bytes whatever the seed)

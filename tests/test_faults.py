@@ -8,7 +8,8 @@ never killed, and a killed training run loses at most one save interval. A full 
 read-only folder is one `error:` line naming the file, never a traceback; the files that were
 there stay intact and no temporary file is left behind.
 
-Kill moments come from seeded generators; the longer repeated versions are marked slow.
+Kill moments come from seeded generators; the kill loops that start processes are marked
+slow (CI runs them; the default suite stays under a minute).
 Only what needs a real process runs in one (a process start costs seconds of imports): the
 runs that are killed, and `banger preprocess` on a full disk; the command a user finishes
 a killed training run with runs in this process.
@@ -270,6 +271,7 @@ def preprocess_killed_repeatedly(collection, reference_data, folder: Path, *, ki
     return outcomes
 
 
+@pytest.mark.slow  # ~3 s of process starts; CI runs it (the default suite stays under a minute)
 def test_preprocess_killed_at_random_moments_reruns_to_identical_output(
         collection, reference_data, tmp_path):
     """kill -9 at two seeded moments (one and two workers): never a partial data
@@ -444,6 +446,7 @@ def train_killed_repeatedly(train_data, reference_run, run: Path, monkeypatch, c
     return records
 
 
+@pytest.mark.slow  # ~4 s of process starts; CI runs it
 def test_train_killed_at_a_random_moment_resumes_to_the_same_weights(train_data, reference_run,
                                                                      tmp_path, monkeypatch,
                                                                      capsys):

@@ -231,6 +231,7 @@ def test_mutated_files_are_read_or_refused_with_a_reason(mutation):
 
 
 @pytest.mark.corpus
+@pytest.mark.slow  # ~1.6 s; CI runs it
 def test_mutated_corpus_files_are_read_or_refused_with_a_reason(corpus_dir):
     tally = Tally()
     fuzz_files(tally, small_corpus_files(16), range(5))
