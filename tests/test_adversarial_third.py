@@ -610,13 +610,13 @@ def test_play_along_over_a_prompt_longer_than_the_bar_ceiling_is_refused(tiny, m
         tiny.generate(prompt=long, add=["drums"])
 
 
-@pytest.mark.xfail(strict=True, reason="api.py: load_model(device='tpu') raises torch's raw "
-                   "RuntimeError; expected a UsageError naming the device, as --device does")
-def test_load_model_with_an_unknown_device_is_a_usage_error(checkpoint):
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", 3])
+def test_load_model_with_an_unknown_device_is_a_usage_error(checkpoint, device):
     from bangercli.api import load_model
 
-    with pytest.raises(UsageError, match="tpu"):
-        load_model(checkpoint, device="tpu")
+    # before: torch's raw RuntimeError ("Expected one of cpu, cuda, ... device type")
+    with pytest.raises(UsageError, match=str(device)):
+        load_model(checkpoint, device=device)
 
 
 def test_a_bad_let_rest_names_the_real_flag(tiny, tmp_path):

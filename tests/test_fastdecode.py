@@ -75,7 +75,7 @@ def any_norm_model(request) -> torch.nn.Module:
 def test_prefill_and_steps_match_the_forward_pass(any_norm_model):
     model = any_norm_model
     ids = random_ids(48, seed=2)
-    decoder = FastDecoder(model, CONFIG)
+    decoder = FastDecoder.from_model(model, CONFIG)
     prompt = 30
     logits = decoder.prefill(torch.tensor([ids[:prompt]]), torch.ones(1, prompt, dtype=torch.bool),
                              len(ids))
@@ -103,7 +103,7 @@ def test_left_padded_rows_equal_each_sequence_run_alone(model):
     # Garbage under the pads: it must be masked out, not merely zero.
     ids[~valid] = torch.tensor(random_ids(int((~valid).sum()), seed=99))
 
-    decoder = FastDecoder(model, CONFIG)
+    decoder = FastDecoder.from_model(model, CONFIG)
     logits = decoder.prefill(ids, valid, width + 12)
     for row, prompt in enumerate(prompts):
         assert_close(logits[row], reference_logits(model, prompt))
@@ -116,7 +116,7 @@ def test_left_padded_rows_equal_each_sequence_run_alone(model):
 def test_prefill_past_the_training_window_matches(model):
     """Rotary positions let the decoder run beyond seq_len, like the forward pass does."""
     ids = random_ids(CONFIG.seq_len + 20, seed=4)
-    decoder = FastDecoder(model, CONFIG)
+    decoder = FastDecoder.from_model(model, CONFIG)
     prompt = len(ids) - 5
     logits = decoder.prefill(torch.tensor([ids[:prompt]]), torch.ones(1, prompt, dtype=torch.bool),
                              len(ids))
@@ -144,7 +144,7 @@ def test_cached_greedy_decoding_equals_uncached(model):
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt):] = torch.tensor(prompt)
         valid[row, width - len(prompt):] = True
-    decoder = FastDecoder(model, CONFIG)
+    decoder = FastDecoder.from_model(model, CONFIG)
     logits = decoder.prefill(ids, valid, width + steps)
     produced = [[] for _ in prompts]
     for _ in range(steps):
@@ -157,7 +157,7 @@ def test_cached_greedy_decoding_equals_uncached(model):
 
 
 def test_full_cache_refuses_another_step(model):
-    decoder = FastDecoder(model, CONFIG)
+    decoder = FastDecoder.from_model(model, CONFIG)
     decoder.prefill(torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.bool), 4)
     decoder.step(torch.tensor([5]))
     with pytest.raises(RuntimeError, match="cache is full"):
@@ -168,4 +168,69 @@ def test_refuses_weights_of_another_layout(model):
     other = build_model(CONFIG)
     other.extra = torch.nn.Linear(2, 2)  # one more tensor than the decoder knows about
     with pytest.raises(UnsupportedModel):
-        FastDecoder(other, CONFIG)
+        FastDecoder.from_model(other, CONFIG)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_weight_shapes_are_those_of_the_built_model(preset):
+    """Checkpoints are checked (and the decoder built) from `weight_shapes` alone, without
+    x-transformers: it must name every tensor of the real network with its shape."""
+    from bangercli.model.network import weight_shapes
+
+    config = PRESETS[preset]
+    with torch.device("meta"):
+        built = build_model(config)
+    assert weight_shapes(config) == {name: tuple(t.shape) for name, t in built.state_dict().items()}
+
+
+def test_the_decoder_built_from_checkpoint_tensors_equals_the_one_built_from_the_model(model):
+    ids = random_ids(40, seed=7)
+    from_model = FastDecoder.from_model(model, CONFIG)
+    from_weights = FastDecoder(model.state_dict(), CONFIG)  # x-transformers' norms: gamma + 1
+    for decoder in (from_model, from_weights):
+        decoder.prefill(torch.tensor([ids[:30]]), torch.ones(1, 30, dtype=torch.bool), 40)
+    for t in range(30, 40):
+        token = torch.tensor([ids[t]])
+        assert torch.equal(from_model.step(token), from_weights.step(token))
+
+
+def test_wrong_tensor_shapes_are_refused(model):
+    weights = dict(model.state_dict())
+    weights["to_logits.weight"] = weights["to_logits.weight"][:, :-1]
+    with pytest.raises(UnsupportedModel, match="to_logits.weight has shape"):
+        FastDecoder(weights, CONFIG)
+
+
+def test_one_thread_inside_and_the_old_count_after():
+    from bangercli.model.decoder import one_thread
+    from threadpoolctl import threadpool_info
+
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info()
+                   if pool["user_api"] == "blas")
+    assert torch.get_num_threads() == before
+
+
+def test_generation_does_not_import_x_transformers(tmp_path):
+    """Start-up: `banger generate` loads the weights straight into the decoder; importing
+    x-transformers (about a second) is for training, scoring and `Banger.model`."""
+    import subprocess
+    import sys
+
+    from bangercli.model.checkpoint import save_checkpoint
+    from bangercli.midi.tokenizer import Tokenizer
+
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(path, build_model(CONFIG), config=CONFIG,
+                    tokenizer_config=Tokenizer().config)
+    code = ("import sys\nfrom bangercli import load_model\n"
+            "banger = load_model(sys.argv[1])\n"
+            "banger.generate(bars=1, seed=1)\n"
+            "print('x_transformers' in sys.modules)\n"
+            "banger.model\n"
+            "print('x_transformers' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]

@@ -18,14 +18,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import BangerError
+from .errors import BangerError, UsageError
 from .generation.generate import Piece, generate
 from .generation.request import Request
 from .midi.tokenizer import Tokenizer, TokenizerConfig
 from .model.checkpoint import SUFFIX, read_checkpoint
 from .model.decoder import FastDecoder, UnsupportedModel
-from .model.network import ModelConfig, build_model, check_weights, count_parameters
+from .model.network import (
+    BUFFERS, ModelConfig, build_model, check_weights, count_parameters,
+)
 from .paths import package_models_dir, user_models_dir
+from .training.devices import pick_device
 
 __all__ = ["Banger", "Piece", "Request", "load_model"]
 
@@ -33,14 +36,20 @@ __all__ = ["Banger", "Piece", "Request", "load_model"]
 class Banger:
     """A loaded model and its tokenizer: load once with `load_model`, use many times.
 
-    `model` is the x-transformers network (training, scoring, `logits`). Generation does not
-    run it: it runs `decoder`, a lean cached copy of the same weights on the CPU (see
-    model/decoder.py), built on first use and kept for every later call.
+    Generation runs `decoder`, a lean cached decoder built straight from the checkpoint's
+    tensors on the CPU (model/decoder.py): it needs neither x-transformers nor a built
+    network. `model` is the x-transformers network (scoring, `logits`, evaluation), built
+    from the same tensors the first time it is asked for.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, config: ModelConfig, *,
-                 info: dict | None = None, path: str | None = None) -> None:
-        self.model = model.eval()
+    def __init__(self, model: nn.Module | None, tokenizer: Tokenizer, config: ModelConfig, *,
+                 weights: dict[str, torch.Tensor] | None = None, info: dict | None = None,
+                 path: str | None = None, device: str | torch.device = "cpu") -> None:
+        if model is None and weights is None:
+            raise TypeError("Banger needs a model or its weights")
+        self._model = model.eval() if model is not None else None
+        self._weights = weights
+        self._device = torch.device(device)
         self.tokenizer = tokenizer
         self.config = config
         self.info = dict(info or {})  # training info: step, epoch, best validation loss, data hash
@@ -48,11 +57,23 @@ class Banger:
         self._decoder: FastDecoder | None = None
 
     @property
+    def model(self) -> nn.Module:
+        """The x-transformers network (float32, eval mode), built on first use."""
+        if self._model is None:
+            model = build_model(self.config)
+            model.load_state_dict(self._weights, strict=True)
+            self._model = model.to(self._device).eval()
+        return self._model
+
+    @property
     def decoder(self) -> FastDecoder:
         """The cached decoder generation runs (built once, from the weights as they are then)."""
         if self._decoder is None:
             try:
-                self._decoder = FastDecoder(self.model, self.config)
+                if self._model is not None:
+                    self._decoder = FastDecoder.from_model(self._model, self.config)
+                else:
+                    self._decoder = FastDecoder(self._weights, self.config)
             except UnsupportedModel as err:
                 raise BangerError(f"cannot generate with this checkpoint: {err}",
                                   hint="it was not made by `banger train`") from None
@@ -60,14 +81,20 @@ class Banger:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        if self._model is None:
+            return self._device
+        return next(self._model.parameters()).device
 
     @property
     def num_parameters(self) -> int:
-        return count_parameters(self.model)
+        if self._model is not None:
+            return count_parameters(self._model)
+        return sum(t.numel() for name, t in self._weights.items() if name not in BUFFERS)
 
     def to(self, device: str | torch.device) -> "Banger":
-        self.model.to(device)
+        self._device = torch.device(device)
+        if self._model is not None:
+            self._model.to(device)
         return self
 
     @torch.inference_mode()
@@ -98,14 +125,19 @@ class Banger:
 
 
 def load_model(name_or_path: str | os.PathLike = "default", *, device: str = "cpu") -> Banger:
-    """Load a model once (a checkpoint path or a model name) to use many times."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """Load a model once (a checkpoint path or a model name) to use many times. `device` is
+    "cpu" (default), "auto" (CUDA when present), "cuda" or "cuda:N"; generation itself
+    always runs on the CPU's cached decoder, the device serves `logits` and scoring."""
+    if not isinstance(device, (str, torch.device)):
+        raise UsageError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    if isinstance(device, str):
+        device = pick_device(device)
     return load_checkpoint(resolve_model(name_or_path), device=device)
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Banger:
-    """Rebuild model (float32, eval mode, on `device`) and tokenizer from one checkpoint file."""
+    """Model weights (float32; the network is built on `device` when first asked for) and
+    tokenizer from one checkpoint file."""
     tensors, meta = read_checkpoint(path)
     try:  # every size is checked against the file's tensors before anything is built
         config = ModelConfig.from_dict(meta["model_config"])
@@ -117,14 +149,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     except BangerError as err:  # UsageError included: the file is at fault, not the user
         raise BangerError(f"{path}: {err.message}",
                           hint="pass a .safetensors checkpoint written by `banger train`") from None
-    model = build_model(config)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise BangerError(f"{path}: weights do not match the model config ({first})") from None
-    return Banger(model.to(device), tokenizer, config, info=meta["training"], path=str(path))
+    return Banger(None, tokenizer, config, weights=tensors, info=meta["training"],
+                  path=str(path), device=device)
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:

@@ -16,6 +16,7 @@ import torch
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
+from ..model.decoder import one_thread
 from .accompany import Accompaniment
 from .band import KeepPlaying, Region
 from .forcing import Forcing
@@ -58,13 +59,14 @@ class Plan:
 def decode_rows(banger, plan: Plan, *, batch: int, generator: torch.Generator,
                 progress=None) -> list[list[int]]:
     """`batch` token sequences that start with `plan.prefix` and end where the plan says."""
-    state = Batch(banger, plan, batch=batch, generator=generator)
-    while not state.finished:
-        token = state.draw(state.allowed())
-        state.advance(token)
-        if progress and state.produced % 32 == 0:
-            progress(*state.progress())
-        state.next_logits(token)
+    with one_thread():
+        state = Batch(banger, plan, batch=batch, generator=generator)
+        while not state.finished:
+            token = state.draw(state.allowed())
+            state.advance(token)
+            if progress and state.produced % 32 == 0:
+                progress(*state.progress())
+            state.next_logits(token)
     return state.rows
 
 
