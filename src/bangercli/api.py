@@ -63,6 +63,7 @@ class Banger:
             model = build_model(self.config)
             model.load_state_dict(self._weights, strict=True)
             self._model = model.to(self._device).eval()
+            self._weights = None  # the network holds them now (one copy in memory)
         return self._model
 
     @property
