@@ -2,7 +2,7 @@
 whole `banger generate` command against realtime.
 
     python bench/generate.py [--model default] [--tokens 256] [--repeat 3] [--cold 3]
-    python bench/generate.py --candidate experiments/ctx2048/model.safetensors --only-candidate
+    python bench/generate.py --candidate other.safetensors --only-candidate
 
 Tables, every row of each measured in the same run so the ratios hold on a noisy machine:
 
