@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..midi.instruments import INSTRUMENTS
@@ -33,53 +34,55 @@ class Region:
 
 
 class KeepPlaying:
-    """The masks of one region for one batch, and which parts played when."""
+    """The masks of one region for one batch, and which parts played when (numpy: a torch
+    call on a few rows costs several times a numpy one)."""
 
     def __init__(self, region: Region, tokenizer: Tokenizer, *, batch: int) -> None:
         self.region, self.tokenizer = region, tokenizer
         self.bar = tokenizer.config.steps_per_bar
         self.window = WINDOW_BARS * self.bar
-        self.parts = torch.tensor(region.parts, dtype=torch.long)
-        self.last = torch.full((batch, len(INSTRUMENTS)), -1, dtype=torch.long)  # last onset
-        self.shifts = torch.arange(tokenizer.config.max_shift + 1)
+        self.parts = np.array(region.parts, dtype=np.int64)
+        self.last = np.full((batch, len(INSTRUMENTS)), -1, dtype=np.int64)  # last onset
+        self.shifts = np.arange(tokenizer.config.max_shift + 1)
 
-    def restrict(self, mask: torch.Tensor, time: torch.Tensor, done: torch.Tensor
+    def restrict(self, mask: torch.Tensor, time: np.ndarray, done: np.ndarray
                  ) -> torch.Tensor:
         region = self.region
         active = ~done & (time < region.stop)
-        if not bool(active.any()) or not len(self.parts):
+        if not active.any() or not len(self.parts):
             return mask
         before = time < region.start  # such a row may not jump over the first window either
-        number = (time - region.start).clamp(min=0) // self.window
+        number = np.maximum(time - region.start, 0) // self.window
         opens = region.start + number * self.window
-        closes = torch.clamp(opens + self.window, max=region.stop)
+        closes = np.minimum(opens + self.window, region.stop)
         missing = self.last[:, self.parts] < opens[:, None]  # (rows, parts)
-        active &= missing.any(dim=1)
+        active &= missing.any(axis=1)
         if region.windows is not None:
-            active &= torch.tensor([int(k) in region.windows for k in number])
+            active &= np.array([k in region.windows for k in number.tolist()], dtype=bool)
         last_bar = active & ~before & (time >= closes - self.bar)
         stay = active  # no TIME past the end of a window that misses a part
-        if not bool(stay.any()):
+        if not stay.any():
             return mask
         tokenizer = self.tokenizer
-        narrowed = mask.clone()
+        given = mask.numpy()
+        narrowed = given.copy()
         land = time[:, None] + self.shifts[None, :]
         times = slice(tokenizer.time_offset, tokenizer.durvel_offset)
         narrowed[:, times] &= ~(stay[:, None] & (land >= closes[:, None]))
-        wanted = torch.zeros(len(time), len(INSTRUMENTS), dtype=torch.bool)
+        wanted = np.zeros((len(time), len(INSTRUMENTS)), dtype=bool)
         wanted[:, self.parts] = missing
         notes = slice(tokenizer.note_offset, tokenizer.note_offset + 128 * len(INSTRUMENTS))
-        narrowed[last_bar, notes] &= wanted[last_bar].repeat_interleave(128, dim=1)
+        narrowed[last_bar, notes] &= np.repeat(wanted[last_bar], 128, axis=1)
         # a row the rule would leave with nothing (a kept note is due, the chord is full)
         # keeps its mask: the rule never breaks the grammar or a kept note
-        stuck = ~narrowed.any(dim=1)
-        narrowed[stuck] = mask[stuck]
-        return narrowed
+        stuck = ~narrowed.any(axis=1)
+        narrowed[stuck] = given[stuck]
+        return torch.from_numpy(narrowed)
 
-    def update(self, token: torch.Tensor, time: torch.Tensor, new: torch.Tensor) -> None:
+    def update(self, token: np.ndarray, time: np.ndarray, new: np.ndarray) -> None:
         """Record the onset `time` of each row's new NOTE `token` (rows flagged in `new`)."""
         relative = token - self.tokenizer.note_offset
         is_note = new & (relative >= 0) & (token < self.tokenizer.vocab_size)
-        if bool(is_note.any()):
-            rows = torch.nonzero(is_note).squeeze(1)
+        if is_note.any():
+            rows = np.flatnonzero(is_note)
             self.last[rows, relative[rows] // 128] = time[rows]

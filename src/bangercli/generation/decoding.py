@@ -6,12 +6,18 @@ phase, onset time, band, the chord rule) and `next_logits` (one cached decoder s
 re-window when the context is full). When the context reaches the model's training window
 it is rebuilt as the header plus the most recent notes, which is exactly the shape of the
 windows the model was trained on.
+
+Each row's phase, time and chord are plain Python numbers, and the masks numpy arrays: the
+loop makes dozens of calls a token, and a torch call on a few numbers costs several times a
+numpy call, which costs several times a Python step. Torch does the arithmetic that sets the
+odds (the decoder's logits, softmax, running sums, the random draw).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
@@ -21,8 +27,8 @@ from .accompany import Accompaniment
 from .band import KeepPlaying, Region
 from .forcing import Forcing
 from .sampling import (
-    AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, HEADER, Grammar, Sampling, Steering,
-    sample,
+    AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, HEADER, PHASES, Grammar, Sampling,
+    Steering, sample,
 )
 
 # When the context is full the window slides by a quarter of its length, but by at least
@@ -37,6 +43,9 @@ def kept_tokens(window: int) -> int:
     """How many tokens of a full `window` a re-window keeps (header included)."""
     return max(window - max(window // 4, MIN_SLIDE), 1)
 MAX_CHORD = 64  # most notes at one onset; a model stuck on TIME(0) would otherwise loop forever
+# the phases that choose a TIME or a DURVEL: sampled untruncated (see Batch.draw)
+TIMING = np.zeros(PHASES, dtype=bool)
+TIMING[[EXPECT_TIME, AFTER_LONG_TIME, AFTER_TIME]] = True
 
 
 @dataclass(frozen=True)
@@ -80,20 +89,24 @@ class Batch:
         allowed = set(plan.instruments) if plan.only else None
         self.on = Grammar(tokenizer, allowed_instruments=allowed, drums=True)
         self.off = Grammar(tokenizer, allowed_instruments=allowed, drums=False)
+        # the grammars' tables: masks as numpy arrays, moves and shifts as lists
+        self.masks_on, self.masks_off = self.on.masks.numpy(), self.off.masks.numpy()
+        self.moves, self.shift = self.on.moves.tolist(), self.on.shift.tolist()
         self.decoder = banger.decoder
         self.window = banger.config.seq_len
         self.rows = [list(plan.prefix) for _ in range(batch)]
         if plan.drums is None:
             self._choose_drums()
-        self.drums_on = torch.tensor([row[1] == Tokenizer.DRUMS_ON for row in self.rows])[:, None]
+        self.drums_on = np.array([[row[1] == Tokenizer.DRUMS_ON] for row in self.rows])
         self.first_drums = bool(self.drums_on[0, 0])
         self.same_drums = bool((self.drums_on == self.first_drums).all())
         phase, time = self.on.scan(self.rows[0])
         if phase == HEADER and (plan.instruments and plan.only or plan.along):  # header complete
             phase = EXPECT_TIME
         self.band = self._band_of(self.rows[0], batch)
-        self.phase, self.time = torch.full((batch,), phase), torch.full((batch,), time)
-        self.done = torch.zeros(batch, dtype=torch.bool)
+        self.band_mask = in_band(self.band, self.drums_on, tokenizer)
+        self.header_open = phase == HEADER  # no row goes back to the header once it leaves it
+        self.phase, self.time, self.done = [phase] * batch, [time] * batch, [False] * batch
         self.budget = plan.tokens if plan.tokens else 1 << 30
         self.produced = 0
         self.logits = self._rewindow()
@@ -107,22 +120,20 @@ class Batch:
             drums = DRUMS.index in plan.along.new_parts
         self.steering = Steering(tokenizer, wanted, strength=plan.steer, batch=batch,
                                  prefix=[], drums=drums)
-        self.chord = torch.zeros(batch, dtype=torch.long)  # notes so far at each row's onset
+        self.chord = [0] * batch  # notes so far at each row's onset
         # NOTE tokens already played at each row's current onset: a second one would be the
         # same note again (decoding merges them), and a model repeating itself there piled up
         # thousands of them (seed 2 of -i guitar --drums: 2,213 NOTE tokens for 469 notes)
-        self.notes = slice(tokenizer.note_offset, tokenizer.vocab_size)
-        self.played = torch.zeros(batch, tokenizer.vocab_size - tokenizer.note_offset,
-                                  dtype=torch.bool)
+        self.played: list[set[int]] = [set() for _ in range(batch)]
 
     @property
     def finished(self) -> bool:
-        return bool(self.done.all())
+        return all(self.done)
 
     def progress(self) -> tuple[int, int]:
         limit = self.plan.limit
         if limit:
-            return int(self.time.min().clamp(max=limit)), limit
+            return min(min(self.time), limit), limit
         return self.produced, self.budget
 
     # --- the four moves of a step ---------------------------------------------------------
@@ -130,65 +141,72 @@ class Batch:
     def allowed(self) -> torch.Tensor:
         """(rows, vocab): the tokens each row may write next."""
         tokenizer, phase = self.tokenizer, self.phase
-        if self.same_drums:  # one grammar for the whole batch: half the mask work
-            mask = (self.on if self.first_drums else self.off).masks[phase]
+        if self.same_drums:  # one grammar for the whole batch
+            mask = (self.masks_on if self.first_drums else self.masks_off)[phase]
         else:
-            mask = torch.where(self.drums_on, self.on.masks[phase], self.off.masks[phase])
+            mask = np.where(self.drums_on, self.masks_on[phase], self.masks_off[phase])
+        mask &= self.band_mask
         if self.plan.start > 0:
-            mask = no_time_before(mask, tokenizer, phase, self.time, self.plan.start)
-        if bool((self.chord >= MAX_CHORD).any()):  # time must move on, or --bars might never end
-            mask = mask.clone()
-            mask[self.chord >= MAX_CHORD, tokenizer.time_token(0)] = False
-        mask = in_band(mask, self.band, self.drums_on, tokenizer)
-        mask[:, self.notes] &= ~self.played
+            no_time_before(mask, tokenizer, self.time, self.plan.start)
+        for row, (notes, played) in enumerate(zip(self.chord, self.played)):
+            if notes >= MAX_CHORD:  # time must move on, or --bars might never end
+                mask[row, tokenizer.time_token(0)] = False
+            for token in played:
+                mask[row, token] = False
+        allowed = torch.from_numpy(mask)
         if self.forcing:  # last: kept notes override every other rule
-            mask = self.forcing.restrict(mask, self.phase, self.time, self.done)
+            allowed = self.forcing.restrict(allowed, *self._arrays("phase", "time", "done"))
         for rule in self.rules:  # after the kept notes: the rule yields to them
-            mask = rule.restrict(mask, self.time, self.done)
-        if not bool((mask.any(dim=1) | self.done).all()):  # would sample from nothing, forever
-            raise RuntimeError("internal error: a sequence has no allowed next token")
-        return mask
+            allowed = rule.restrict(allowed, *self._arrays("time", "done"))
+        has_token = allowed.numpy().any(axis=1).tolist()
+        if not all(has or done for has, done in zip(has_token, self.done)):  # would sample
+            raise RuntimeError("internal error: a sequence has no allowed next token")  # nothing
+        return allowed
 
     def draw(self, allowed: torch.Tensor) -> torch.Tensor:
         """One token per row. Top-k/top-p cut a distribution's tail; for TIME and DURVEL
         tokens the tail is the rests and the long notes, and cutting it made pieces about
         twice as dense as the model's own (docs/generation.md): only the NOTE choice is cut."""
-        phase = self.phase
-        timing = (phase == EXPECT_TIME) | (phase == AFTER_LONG_TIME) | (phase == AFTER_TIME)
-        logits = self.steering.apply(self.logits, phase)
+        logits = self.steering.apply(self.logits, self.phase)
         if self.forcing:
-            logits = self.forcing.bias(logits, phase, self.time)
-        return sample(logits, allowed, self.plan.sampling, self.generator, untruncated=timing)
+            logits = self.forcing.bias(logits, *self._arrays("phase", "time"))
+        return sample(logits, allowed, self.plan.sampling, self.generator,
+                      untruncated=TIMING[self.phase])
 
     def advance(self, token: torch.Tensor) -> None:
         """Write `token` into each unfinished row and move phase, time, band and chord on."""
-        tokenizer = self.tokenizer
-        counted = token  # new notes count for steering and the band; kept ones do not
+        tokens = token.tolist()
+        counted = tokens  # new notes count for steering and the band; kept ones do not
         if self.forcing:
-            kept = self.forcing.kept(token, self.phase, self.time)
-            self.forcing.advance(kept & ~self.done, token, self.phase, self.time)
-            counted = torch.where(kept, Tokenizer.PAD, token)
+            phases, times, done = self._arrays("phase", "time", "done")
+            kept = self.forcing.kept(token.numpy(), phases, times)
+            self.forcing.advance(kept & ~done, token.numpy(), phases, times)
+            counted = np.where(kept, Tokenizer.PAD, tokens).tolist()
         self.steering.update(counted)
         for rule in self.rules:
-            rule.update(counted, self.time, ~self.done)
-        listed = token - tokenizer.instrument_offset
-        joins = (self.phase == HEADER) & (listed >= 0) & (listed < DRUMS.index)
-        self.band[joins, listed[joins]] = True
-        new_phase, new_time = self.on.advance(self.phase, self.time, token)
-        moved = new_time > self.time
-        self.chord = torch.where(moved, 0, self.chord + (new_phase == EXPECT_TIME).long())
-        self.played[moved] = False
-        is_note = token >= tokenizer.note_offset
-        self.played[is_note, token[is_note] - tokenizer.note_offset] = True
-        self.phase, self.time = new_phase, new_time
-        for row, value, finished in zip(self.rows, token.tolist(), self.done.tolist()):
-            if not finished:
-                row.append(value)
-        if self.plan.limit is not None:
-            self.done |= self.time >= self.plan.limit
+            times, done = self._arrays("time", "done")
+            rule.update(np.array(counted), times, ~done)
+        if self.header_open:
+            self._join_band(tokens)
         self.produced += 1
-        if self.produced >= self.budget:  # --tokens: stop, but never between a DURVEL and its NOTE
-            self.done |= self.phase != AFTER_DURVEL
+        out_of_tokens = self.produced >= self.budget
+        limit, note_offset = self.plan.limit, self.tokenizer.note_offset
+        for row, value in enumerate(tokens):
+            phase, time = self.moves[self.phase[row]][value], self.time[row] + self.shift[value]
+            if time > self.time[row]:  # a new onset
+                self.chord[row] = 0
+                self.played[row].clear()
+            else:
+                self.chord[row] += phase == EXPECT_TIME
+            if value >= note_offset:
+                self.played[row].add(value)
+            self.phase[row], self.time[row] = phase, time
+            if not self.done[row]:
+                self.rows[row].append(value)
+                # --tokens: stop, but never between a DURVEL and its NOTE
+                self.done[row] = ((limit is not None and time >= limit)
+                                  or (out_of_tokens and phase != AFTER_DURVEL))
+        self.header_open = self.header_open and HEADER in self.phase
 
     def next_logits(self, token: torch.Tensor) -> None:
         if self.decoder.length >= self.window:
@@ -209,13 +227,28 @@ class Batch:
         for row, token in zip(self.rows, first.tolist()):
             row.append(token)
 
-    def _band_of(self, prefix: list[int], batch: int) -> torch.Tensor:
+    def _arrays(self, *names: str) -> list[np.ndarray]:
+        """The named state lists as arrays, for the forcing and band rules."""
+        return [np.array(getattr(self, name)) for name in names]
+
+    def _join_band(self, tokens: list[int]) -> None:
+        """Rows still in the header that list an instrument add it to their band."""
+        joined = False
+        for row, token in enumerate(tokens):
+            listed = token - self.tokenizer.instrument_offset
+            if self.phase[row] == HEADER and 0 <= listed < DRUMS.index:
+                self.band[row, listed] = True
+                joined = True
+        if joined:
+            self.band_mask = in_band(self.band, self.drums_on, self.tokenizer)
+
+    def _band_of(self, prefix: list[int], batch: int) -> np.ndarray:
         """The band: the instruments in each row's header (the requested ones first, then those
         the model adds while the header is open) and those of the prompt's notes. As in every
         training piece, the header lists exactly the instruments that play: NOTE tokens of
         other instruments are masked, and an instrument already listed is not listed again."""
         tokenizer = self.tokenizer
-        band = torch.zeros(batch, len(INSTRUMENTS), dtype=torch.bool)
+        band = np.zeros((batch, len(INSTRUMENTS)), dtype=bool)
         band[:, DRUMS.index] = True  # drums are the drums flag's business (the grammar's masks)
         for token in prefix:
             kind = tokenizer.kind(token)
@@ -250,34 +283,29 @@ class Batch:
         return self.decoder.prefill(ids, valid, window)
 
 
-def in_band(mask: torch.Tensor, band: torch.Tensor, drums_on: torch.Tensor,
-            tokenizer: Tokenizer) -> torch.Tensor:
-    """`mask` (rows, vocab) without the NOTE tokens of instruments outside each row's band
-    (rows, instruments), without header tokens of instruments already in it, and, while a
-    row has nothing to play (no melodic instrument, drums off), without the TIME that would
-    close its header."""
-    mask = mask.expand(len(band), -1).clone()
+def in_band(band: np.ndarray, drums_on: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """(rows, vocab): False on the NOTE tokens of instruments outside each row's band
+    (rows, instruments), on header tokens of instruments already in it, and, while a row has
+    nothing to play (no melodic instrument, drums off), on the TIME that would close its
+    header. The band changes only in the header: the loop keeps this mask until it does."""
+    mask = np.ones((len(band), tokenizer.vocab_size), dtype=bool)
     notes = slice(tokenizer.note_offset, tokenizer.note_offset + 128 * band.shape[1])
-    mask[:, notes] &= band.repeat_interleave(128, dim=1)
+    mask[:, notes] = np.repeat(band, 128, axis=1)
     listed = slice(tokenizer.instrument_offset, tokenizer.instrument_offset + DRUMS.index)
-    mask[:, listed] &= ~band[:, :DRUMS.index]
-    silent = ~band[:, :DRUMS.index].any(dim=1) & ~drums_on[:, 0]
-    if bool(silent.any()):
-        mask[silent, tokenizer.time_offset:tokenizer.durvel_offset] = False
+    mask[:, listed] = ~band[:, :DRUMS.index]
+    silent = ~band[:, :DRUMS.index].any(axis=1) & ~drums_on[:, 0]
+    mask[silent, tokenizer.time_offset:tokenizer.durvel_offset] = False
     return mask
 
 
-def no_time_before(mask, tokenizer: Tokenizer, phase, time, start: int):
-    """Right after a prompt, the first new note may not start inside the kept bars."""
-    late = time < start
-    if not bool(late.any()):
-        return mask
-    shifts = torch.arange(tokenizer.config.max_shift + 1)
-    too_short = ((time[:, None] + shifts[None, :] < start)
-                 & (shifts[None, :] < tokenizer.config.max_shift))
-    mask = mask.clone()
-    columns = slice(tokenizer.time_offset, tokenizer.time_offset + len(shifts))
-    mask[:, columns] &= ~(too_short & late[:, None])
-    durvel = slice(tokenizer.durvel_offset, tokenizer.note_offset)
-    mask[:, durvel] &= ~late[:, None]
-    return mask
+def no_time_before(mask: np.ndarray, tokenizer: Tokenizer, time: list[int],
+                   start: int) -> None:
+    """Right after a prompt, the first new note may not start inside the kept bars (`mask`
+    is narrowed in place): a row before `start` may not write a DURVEL, nor a TIME that
+    lands short of `start` (the longest shift stays: it moves on without starting a note)."""
+    longest = tokenizer.config.max_shift
+    for row, now in enumerate(time):
+        if now < start:
+            short = tokenizer.time_offset + min(start - now, longest)
+            mask[row, tokenizer.time_offset:short] = False
+            mask[row, tokenizer.durvel_offset:tokenizer.note_offset] = False

@@ -19,6 +19,7 @@ a note is a new part's (`bias`).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..midi.instruments import INSTRUMENTS
@@ -44,7 +45,10 @@ LAST = 1 << 20  # the chord-order rank after every instrument
 
 
 class Forcing:
-    """The masks of one batch that keep the prompt's notes and confine the new ones."""
+    """The masks of one batch that keep the prompt's notes and confine the new ones.
+
+    Its state and masks are numpy arrays (a torch call on a few rows costs several times a
+    numpy one); the model's odds (`bias`) are worked out in torch, as the logits are."""
 
     def __init__(self, accompaniment: Accompaniment, tokenizer: Tokenizer, *, batch: int,
                  limit: int) -> None:
@@ -54,47 +58,47 @@ class Forcing:
         kept_ranks = [rank.get((n - tokenizer.note_offset) // 128, LAST)
                       for n in accompaniment.notes]
         # one sentinel after the last kept note: the end of the piece
-        self.onsets = torch.tensor(accompaniment.onsets + (limit,))
-        self.durvels = torch.tensor(accompaniment.durvels + (-1,))
-        self.notes = torch.tensor(accompaniment.notes + (-1,))
-        self.kept_rank = torch.tensor(kept_ranks + [LAST])
-        self.next = torch.zeros(batch, dtype=torch.long)  # each row's next kept note
+        self.onsets = np.array(accompaniment.onsets + (limit,), dtype=np.int64)
+        self.durvels = np.array(accompaniment.durvels + (-1,), dtype=np.int64)
+        self.notes = np.array(accompaniment.notes + (-1,), dtype=np.int64)
+        self.kept_rank = np.array(kept_ranks + [LAST], dtype=np.int64)
+        self.next = np.zeros(batch, dtype=np.int64)  # each row's next kept note
         # a new part's rank in the chord order; a second voice of a kept part comes after it
-        self.new_rank = torch.full((len(INSTRUMENTS),), LAST + 1)
+        self.new_rank = np.full(len(INSTRUMENTS), LAST + 1, dtype=np.int64)
         for instrument in accompaniment.new_parts:
             second = instrument in accompaniment.second_voices
             self.new_rank[instrument] = LAST if second else rank.get(instrument, LAST)
         self.max_shift = tokenizer.config.max_shift
-        self.shifts = torch.arange(self.max_shift + 1)
+        self.shifts = np.arange(self.max_shift + 1)
         self.spans = accompaniment.spans
         self.span_parts = []  # per span: the instruments allowed for new notes
         for span in self.spans:
-            parts = torch.zeros(len(INSTRUMENTS), dtype=torch.bool)
+            parts = np.zeros(len(INSTRUMENTS), dtype=bool)
             parts[sorted(span.instruments)] = True
             self.span_parts.append(parts)
         self.notes_slice = slice(tokenizer.note_offset,
                                  tokenizer.note_offset + 128 * len(INSTRUMENTS))
-        pitches = torch.zeros(len(INSTRUMENTS), 128, dtype=torch.bool)
+        pitches = np.zeros((len(INSTRUMENTS), 128), dtype=bool)
         for index, instrument in enumerate(INSTRUMENTS):
             low, high = PITCH_RANGES[instrument.name]
             pitches[index, low:high + 1] = True
         self.pitches = pitches
-        self.limits = torch.tensor([CHORD_LIMITS.get(i.name, CHORD_LIMIT) for i in INSTRUMENTS])
+        self.limits = np.array([CHORD_LIMITS.get(i.name, CHORD_LIMIT) for i in INSTRUMENTS])
         # new notes of each part at each row's current onset (valid while time == onset_time)
-        self.at_onset = torch.zeros(batch, len(INSTRUMENTS), dtype=torch.long)
-        self.onset_time = torch.full((batch,), -1, dtype=torch.long)
-        self.durvel = torch.full((batch,), -1, dtype=torch.long)  # each row's last DURVEL
+        self.at_onset = np.zeros((batch, len(INSTRUMENTS)), dtype=np.int64)
+        self.onset_time = np.full(batch, -1, dtype=np.int64)
+        self.durvel = np.full(batch, -1, dtype=np.int64)  # each row's last DURVEL
         # the model's running belief that a note is one of the new parts' (see `bias`)
         self.share = torch.full((batch,), SHARE_PRIOR)
         new_columns = torch.zeros(len(INSTRUMENTS), 128, dtype=torch.bool)
         new_columns[list(accompaniment.new_parts)] = True
         self.new_columns = new_columns.view(-1)
 
-    def restrict(self, mask: torch.Tensor, phase: torch.Tensor, time: torch.Tensor,
-                 done: torch.Tensor) -> torch.Tensor:
+    def restrict(self, mask: torch.Tensor, phase: np.ndarray, time: np.ndarray,
+                 done: np.ndarray) -> torch.Tensor:
         """`mask` (rows, vocab) narrowed to what keeps the prompt and the spans."""
         tokenizer = self.tokenizer
-        mask = mask.clone()
+        mask = mask.numpy().copy()
         due = self.onsets[self.next]  # (rows,) the next kept onset, or the end
         left = self.next < self.count  # kept notes still to write
         at_kept = left & (time == due)
@@ -109,81 +113,85 @@ class Forcing:
         ok |= (land > due[:, None]) & ~left[:, None]
         mask[:, tokenizer.time_offset:tokenizer.durvel_offset] &= ok
         # no TIME(0) once every part that may play here has played its fill at this onset
-        mask[:, tokenizer.time_offset] &= parts.any(dim=1) | at_kept
+        mask[:, tokenizer.time_offset] &= parts.any(axis=1) | at_kept
         # DURVEL: where a new note may start (and a kept note's own, below)
-        mask[:, tokenizer.durvel_offset:tokenizer.note_offset] &= parts.any(dim=1)[:, None]
+        mask[:, tokenizer.durvel_offset:tokenizer.note_offset] &= parts.any(axis=1)[:, None]
         # NOTE: the parts allowed now, in their pitch ranges
-        mask[:, self.notes_slice] &= (parts[:, :, None] & self.pitches[None]).view(len(time), -1)
-        rows = torch.arange(len(time))
+        mask[:, self.notes_slice] &= (parts[:, :, None] & self.pitches[None]).reshape(len(time),
+                                                                                      -1)
+        rows = np.arange(len(time))
         kept_rows = at_kept & ~done
         timing = kept_rows & (phase == EXPECT_TIME)
-        if bool(timing.any()):
+        if timing.any():
             mask[timing] = False
             mask[timing, tokenizer.time_token(0)] = True
         choosing = kept_rows & ((phase == AFTER_TIME) | (phase == AFTER_LONG_TIME))
-        if bool(choosing.any()):
+        if choosing.any():
             mask[choosing, tokenizer.time_offset:tokenizer.durvel_offset] = False
             mask[rows[choosing], self.durvels[self.next][choosing]] = True
-        naming = kept_rows & (phase == AFTER_DURVEL) & (self.durvel == self.durvels[self.next])
-        if bool(naming.any()):
+        naming = (kept_rows & (phase == AFTER_DURVEL)
+                  & (self.durvel == self.durvels[self.next]))
+        if naming.any():
             mask[rows[naming], self.notes[self.next][naming]] = True
-        return mask
+        return torch.from_numpy(mask)
 
-    def bias(self, logits: torch.Tensor, phase: torch.Tensor, time: torch.Tensor
+    def bias(self, logits: torch.Tensor, phase: np.ndarray, time: np.ndarray
              ) -> torch.Tensor:
         """Weigh each free landing by the model's odds that a note is a new part's (a running
         mean over its NOTE distributions), not by the odds of any note at all."""
         choosing = phase == AFTER_DURVEL
-        if bool(choosing.any()):
+        if choosing.any():
             probs = torch.softmax(logits[:, self.notes_slice].float(), dim=-1)
             seen = probs[:, self.new_columns].sum(dim=-1)
-            self.share = torch.where(choosing, (1 - SHARE_RATE) * self.share + SHARE_RATE * seen,
+            self.share = torch.where(torch.from_numpy(choosing),
+                                     (1 - SHARE_RATE) * self.share + SHARE_RATE * seen,
                                      self.share)
         timing = (phase == EXPECT_TIME) | (phase == AFTER_LONG_TIME)
-        if not bool(timing.any()):
+        if not timing.any():
             return logits
         due = self.onsets[self.next]
         land = time[:, None] + self.shifts[None, :]
         free = self._free(land) & ((land < due[:, None]) | (self.next >= self.count)[:, None])
-        penalty = torch.log(self.share.clamp(min=1e-4))[:, None] * (free & timing[:, None])
+        penalty = (torch.log(self.share.clamp(min=1e-4))[:, None]
+                   * torch.from_numpy(free & timing[:, None]))
         logits = logits.clone()
         tokenizer = self.tokenizer
         logits[:, tokenizer.time_offset:tokenizer.durvel_offset] += penalty.to(logits.dtype)
         return logits
 
-    def kept(self, token: torch.Tensor, phase: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    def kept(self, token: np.ndarray, phase: np.ndarray, time: np.ndarray) -> np.ndarray:
         """(rows,): `token` is the next kept note (call before `advance`)."""
         left = self.next < self.count
         return (left & (phase == AFTER_DURVEL) & (time == self.onsets[self.next])
                 & (token == self.notes[self.next]) & (self.durvel == self.durvels[self.next]))
 
-    def advance(self, kept: torch.Tensor, token: torch.Tensor, phase: torch.Tensor,
-                time: torch.Tensor) -> None:
+    def advance(self, kept: np.ndarray, token: np.ndarray, phase: np.ndarray,
+                time: np.ndarray) -> None:
         """After `token` (kept notes flagged in `kept`) at `phase` and onset `time`."""
-        self.next += kept.long()
-        self.durvel = torch.where((phase == AFTER_TIME) | (phase == AFTER_LONG_TIME), token,
-                                  self.durvel)
+        self.next += kept
+        self.durvel = np.where((phase == AFTER_TIME) | (phase == AFTER_LONG_TIME), token,
+                               self.durvel)
         new = (phase == AFTER_DURVEL) & ~kept
-        if bool(new.any()):
+        if new.any():
             moved = new & (self.onset_time != time)
             self.at_onset[moved] = 0
-            self.onset_time = torch.where(new, time, self.onset_time)
-            rows = torch.nonzero(new).squeeze(1)
+            self.onset_time = np.where(new, time, self.onset_time)
+            rows = np.flatnonzero(new)
             instrument = (token[rows] - self.tokenizer.note_offset) // 128
             self.at_onset[rows, instrument] += 1
 
-    def _parts(self, time: torch.Tensor) -> torch.Tensor:
+    def _parts(self, time: np.ndarray) -> np.ndarray:
         """(rows, instruments): the parts whose new notes may start at `time`, short of the
         ones that have played their fill at this onset."""
-        parts = torch.zeros(len(time), len(INSTRUMENTS), dtype=torch.bool)
+        parts = np.zeros((len(time), len(INSTRUMENTS)), dtype=bool)
         for span, allowed in zip(self.spans, self.span_parts):
             inside = (time >= span.start) & (time < span.stop)
             parts |= inside[:, None] & allowed[None, :]
         full = (self.at_onset >= self.limits) & (self.onset_time == time)[:, None]
         return parts & ~full
 
-    def _free(self, steps: torch.Tensor) -> torch.Tensor:
-        free = torch.zeros_like(steps, dtype=torch.bool)
+    def _free(self, steps: np.ndarray) -> np.ndarray:
+        free = np.zeros(steps.shape, dtype=bool)
         for span in self.spans:
             free |= (steps >= span.start) & (steps < span.stop)
         return free

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
@@ -71,17 +72,19 @@ class Grammar:
         masks[AFTER_DURVEL] = notes
         masks[HEADER] = header | times
         self.masks = masks.to(device)
+        # the phase after each (phase, token): TIME, DURVEL and NOTE set it, other tokens
+        # (the header's) keep it
+        moves = torch.arange(PHASES)[:, None].repeat(1, vocab)
+        moves[:, times] = AFTER_TIME
+        moves[:, self.max_time_token] = AFTER_LONG_TIME
+        moves[:, kinds == _KIND_IDS["durvel"]] = AFTER_DURVEL
+        moves[:, kinds == _KIND_IDS["note"]] = EXPECT_TIME
+        self.moves = moves.to(device)
 
     def advance(self, phase: torch.Tensor, time: torch.Tensor, token: torch.Tensor):
-        """Phase and time (grid steps) after each sequence of the batch emits `token`."""
-        kind = self.kind[token]
-        is_time = kind == _KIND_IDS["time"]
-        time = time + torch.where(is_time, self.shift[token], 0)
-        phase = torch.where(is_time & (token == self.max_time_token), AFTER_LONG_TIME,
-                torch.where(is_time, AFTER_TIME,
-                torch.where(kind == _KIND_IDS["durvel"], AFTER_DURVEL,
-                torch.where(kind == _KIND_IDS["note"], EXPECT_TIME, phase))))
-        return phase, time
+        """Phase and time (grid steps) after each sequence of the batch emits `token`
+        (a TIME token's shift; 0 for the others)."""
+        return self.moves[phase, token], time + self.shift[token]
 
     def scan(self, ids: list[int]) -> tuple[int, int]:
         """Phase and time after a whole prefix (header and maybe a prompt)."""
@@ -99,45 +102,59 @@ class Grammar:
 
 
 def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
-           generator: torch.Generator, *, untruncated: torch.Tensor | None = None) -> torch.Tensor:
+           generator: torch.Generator, *,
+           untruncated: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
     """One token per row of `logits` (batch, vocab), only among `allowed` (batch, vocab).
-    Rows flagged in `untruncated` (batch,) skip top-k and top-p (temperature still applies)."""
-    logits = logits.float().masked_fill(~allowed, float("-inf"))
+    Rows flagged in `untruncated` (batch,) skip top-k and top-p (temperature still applies).
+
+    The numbers come from torch (softmax, running sums, sort, the random draw); the masking,
+    comparisons and look-ups between them run in numpy, which gives the same values and costs
+    a fraction of a torch call on one row."""
+    masked = np.where(allowed.numpy(), logits.float().numpy(), np.float32(-np.inf))
     if options.temperature <= 0:
-        return logits.argmax(dim=-1)
+        return torch.from_numpy(masked).argmax(dim=-1)
     if options.temperature != 1.0:
-        logits = logits / options.temperature
-    if options.top_p < 1.0 or (0 < options.top_k < logits.shape[-1]):
-        if untruncated is None or not bool(untruncated.any()):
-            logits = sample_logits(logits, options)
-        elif not bool(untruncated.all()):  # else no row is cut: skip the sort
-            cut = ~untruncated
-            logits[cut] = sample_logits(logits[cut], options)
-    probs = torch.softmax(logits, dim=-1)
+        masked = (torch.from_numpy(masked) / options.temperature).numpy()
+    if options.top_p < 1.0 or (0 < options.top_k < masked.shape[-1]):
+        flags = [False] if untruncated is None else untruncated.tolist()
+        if not any(flags):
+            masked = sample_logits(masked, options)
+        elif not all(flags):  # else no row is cut: skip the sort
+            cut = ~np.asarray(flags)
+            masked[cut] = sample_logits(masked[cut], options)
+    probs = torch.softmax(torch.from_numpy(masked), dim=-1)
     # Inverse-CDF draw: one uniform number per row, placed on the running sum of p. With
-    # right=True the first position whose sum exceeds it has p > 0, so a masked token is
+    # side="right" the first position whose sum exceeds it has p > 0, so a masked token is
     # never drawn; the guard covers u rounding up to the total. One random number a row
     # instead of one a token (the exponential race this replaced drew 2,832 a row and spent
     # ~170 us a step at batch 4 on them).
-    cdf = probs.cumsum(dim=-1)
-    u = torch.rand(len(probs), 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
-    drawn = probs.gather(1, token[:, None]).squeeze(1) > 0
-    return torch.where(drawn, token, probs.argmax(dim=-1))
+    cdf = probs.cumsum(dim=-1).numpy()
+    u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float32).numpy() * cdf[:, -1:]
+    p, last = probs.numpy(), cdf.shape[-1] - 1
+    tokens = []
+    for row in range(len(p)):
+        token = min(int(np.searchsorted(cdf[row], u[row, 0], side="right")), last)
+        tokens.append(token if p[row, token] > 0 else int(probs[row].argmax()))
+    return torch.from_numpy(np.array(tokens))
 
 
-def sample_logits(logits: torch.Tensor, options: Sampling) -> torch.Tensor:
-    """`logits` with the tokens outside top-k and the top-p nucleus set to -inf."""
+def sample_logits(logits: np.ndarray, options: Sampling) -> np.ndarray:
+    """`logits` (rows, vocab) with the tokens outside top-k and the top-p nucleus set to
+    -inf."""
     if options.top_k and options.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        kth = torch.topk(torch.from_numpy(logits), options.top_k, dim=-1).values[:, -1:]
+        logits = np.where(logits < kth.numpy(), np.float32(-np.inf), logits)
     if options.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_logits, order = torch.sort(torch.from_numpy(logits), dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens before it already reach top_p (the first always stays)
-        drop = (probs.cumsum(dim=-1) - probs) >= options.top_p
-        logits = logits.masked_fill(torch.empty_like(drop).scatter_(-1, order, drop),
-                                    float("-inf"))
+        # keep a token while the tokens before it have not reached top_p (the first always
+        # stays), drop the rest
+        before = probs.cumsum(dim=-1).numpy() - probs.numpy()
+        nucleus = np.full(logits.shape, -np.inf, dtype=np.float32)
+        for row, (ranked, reached) in enumerate(zip(order.numpy(), before)):
+            kept = ranked[reached < options.top_p]
+            nucleus[row, kept] = logits[row, kept]
+        logits = nucleus
     return logits
 
 
@@ -156,47 +173,55 @@ class Steering:
         # requested and still to be heard: the melodic instruments, and drums when asked for
         self.wanted = self.instruments + ([DRUMS.index] if drums else [])
         self.strength = strength
-        self.counts = torch.zeros(batch, len(INSTRUMENTS))
+        # numpy: a torch call on these few numbers costs several times as much
+        self.counts = np.zeros((batch, len(INSTRUMENTS)), dtype=np.int64)
         for token in prefix:
             if tokenizer.kind(token) == "note":
                 self.counts[:, (token - tokenizer.note_offset) // 128] += 1
-        melodic = torch.ones(len(INSTRUMENTS), dtype=torch.bool)
-        melodic[DRUMS.index] = False
-        if self.instruments:
-            melodic[self.instruments[0]] = False
-        self.others = melodic
+        lead = self.instruments[:1]
+        # the lead's rivals: the other melodic instruments
+        self.others = [i for i in range(len(INSTRUMENTS)) if i != DRUMS.index and i not in lead]
 
     @property
     def active(self) -> bool:
         return self.strength > 0 and bool(self.wanted)
 
-    def apply(self, logits: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    def apply(self, logits: torch.Tensor, phase) -> torch.Tensor:
+        """`logits` with the bonus on the NOTE tokens of the rows choosing an instrument
+        (`phase`, a list, an array or a tensor, is AFTER_DURVEL)."""
         if not self.active:
             return logits
-        choosing = phase == AFTER_DURVEL
-        if not bool(choosing.any()):
+        choosing = [row for row, now in enumerate(phase) if now == AFTER_DURVEL]
+        if not choosing:
             return logits
-        bonus = torch.zeros_like(self.counts)
-        wanted = self.wanted
-        bonus[:, wanted] += self.strength * (self.counts[:, wanted] == 0)
+        steered = logits.numpy().copy()  # the caller's logits stay as they were
+        strength, start = np.float32(self.strength), self.tokenizer.note_offset
+        for row in choosing:
+            for instrument, units in enumerate(self.units(self.counts[row].tolist())):
+                if units:  # a float32 (as the logits), exact for a few units
+                    first = start + 128 * instrument
+                    steered[row, first : first + 128] += units * strength
+        return torch.from_numpy(steered)
+
+    def units(self, counts: list[int]) -> list[int]:
+        """Each instrument's bonus in units of `strength`, from one row's note `counts`."""
+        units = [0] * len(counts)
+        for instrument in set(self.wanted):
+            units[instrument] += counts[instrument] == 0
         if self.instruments:
             lead = self.instruments[0]
-            behind = self.counts[:, lead] <= self.counts[:, self.others].max(dim=1).values
-            bonus[:, lead] += self.strength * behind
-            # and the melodic parts at or ahead of a lead that is behind lose as much
-            ahead = (self.counts >= self.counts[:, lead : lead + 1]) & self.others
-            bonus -= self.strength * (ahead & behind[:, None])
-        bonus *= choosing[:, None]
-        start = self.tokenizer.note_offset
-        logits = logits.clone()  # decoder outputs are inference tensors: no in-place update
-        notes = logits[:, start : start + 128 * len(INSTRUMENTS)].view(len(logits), -1, 128)
-        notes += bonus[:, :, None]
-        return logits
+            if counts[lead] <= max(counts[i] for i in self.others):  # the lead is behind
+                units[lead] += 1
+                # and the melodic parts at or ahead of it lose as much
+                for instrument in self.others:
+                    units[instrument] -= counts[instrument] >= counts[lead]
+        return units
 
-    def update(self, token: torch.Tensor) -> None:
+    def update(self, token) -> None:
+        """Count each row's new NOTE `token` (a tensor or an array)."""
         if not self.active:
             return
-        relative = token - self.tokenizer.note_offset
-        is_note = (relative >= 0) & (token < self.tokenizer.vocab_size)
-        instrument = torch.where(is_note, relative // 128, 0)
-        self.counts.scatter_add_(1, instrument[:, None], is_note[:, None].float())
+        note_offset, vocab = self.tokenizer.note_offset, self.tokenizer.vocab_size
+        for row, value in enumerate(np.asarray(token).tolist()):
+            if note_offset <= value < vocab:
+                self.counts[row, (value - note_offset) // 128] += 1
