@@ -36,19 +36,39 @@ class UnsupportedModel(Exception):
     """The weights do not have the layout this decoder was written for."""
 
 
+_prefill_threads = 0  # torch threads for a prefill inside one_thread() (0: outside it)
+
+
 @contextmanager
 def one_thread():
     """Run torch and numpy's BLAS on one thread each inside the block. A decoding step is
     ~50 small operations: split across threads they cost more in hand-offs than they save,
     and BLAS threads spinning beside torch's made generation 6x slower on 2 cores (2.5x with
-    one core busy elsewhere; docs/benchmarks.md)."""
-    before = torch.get_num_threads()
+    one core busy elsewhere; docs/benchmarks.md). A prefill (large products over many
+    positions, torch only) gets back the threads torch had before."""
+    global _prefill_threads
+    before, outer = torch.get_num_threads(), _prefill_threads
     torch.set_num_threads(1)
+    _prefill_threads = outer or before
     try:
         with threadpool_limits(1, user_api="blas"):
             yield
     finally:
+        _prefill_threads = outer
         torch.set_num_threads(before)
+
+
+@contextmanager
+def _prefill_threading():
+    threads = torch.get_num_threads()
+    wanted = _prefill_threads or threads
+    if wanted != threads:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != threads:
+            torch.set_num_threads(threads)
 
 
 class FastDecoder:
@@ -160,7 +180,8 @@ class FastDecoder:
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         mask = causal[None] & valid[:, None, :]
         mask |= torch.eye(length, dtype=torch.bool)[None]  # pad rows attend to themselves: no NaN
-        return self._forward(ids, mask[:, None])
+        with _prefill_threading():
+            return self._forward(ids, mask[:, None])
 
     @torch.inference_mode()
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
