@@ -214,6 +214,7 @@ def small_data(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("train"), pieces=8)
 
 
+@pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
 def test_resuming_with_another_batch_size_keeps_counting_epochs_forward(small_data, tmp_path):
     from bangercli.training.train import train
     from test_train import quick, tiny

@@ -219,6 +219,7 @@ def test_one_thread_inside_and_the_old_count_after():
     assert blas_threads() == blas_before
 
 
+@pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
 def test_generation_does_not_import_x_transformers(tmp_path):
     """Start-up: `banger generate` loads the weights straight into the decoder; importing
     x-transformers (about a second) is for training, scoring and `Banger.model`."""

@@ -168,6 +168,7 @@ def test_read_checkpoint_reports_its_metadata(tmp_path):
     assert "token_emb.emb.weight" in tensors
 
 
+@pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
 def test_import_bangercli_does_not_import_torch():
     code = "import sys, bangercli; assert 'torch' not in sys.modules; bangercli.load_model"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -393,6 +393,7 @@ def banger(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
 def test_cli_exit_codes_and_messages(corpus, tmp_path):
     out = tmp_path / "data"
     kept = banger("preprocess", str(corpus), "--out", str(out), "--workers", "1")

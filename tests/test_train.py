@@ -138,6 +138,7 @@ def _weights(path: Path) -> dict:
     return read_checkpoint(path)[0]
 
 
+@pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
 def test_resume_after_ctrl_c_reproduces_the_uninterrupted_run(corpus, tmp_path):
     config = quick(max_steps=8, val_every=2, save_every=4, transpose=True, lr=1e-3)
     train(corpus, tmp_path / "straight", model_config=tiny(dropout=0.1), config=config)

@@ -221,6 +221,7 @@ def song(tmp_path) -> bytes:
     return save(band(bars=4), tmp_path / "song.mid").read_bytes()
 
 
+@pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
 def test_an_upload_is_read_and_continued(client, tmp_path):
     data = song(tmp_path)
     response = client.post("/api/uploads", files={"file": ("song.mid", data, "audio/midi")})
@@ -244,6 +245,7 @@ def test_an_upload_is_read_and_continued(client, tmp_path):
     assert again.json()["pieces"][0]["bars"] >= 2
 
 
+@pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
 def test_an_upload_gets_parts_added_and_bars_rewritten(client, tmp_path):
     """The page's "add parts" and "rewrite bars" are the library's add and rewrite options."""
     data = song(tmp_path)
