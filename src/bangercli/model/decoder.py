@@ -20,6 +20,7 @@ against the x-transformers forward pass, step by step.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -36,7 +37,7 @@ class UnsupportedModel(Exception):
     """The weights do not have the layout this decoder was written for."""
 
 
-_prefill_threads = 0  # torch threads for a prefill inside one_thread() (0: outside it)
+_thread = threading.local()  # per thread: torch threads for a prefill (torch's count is per thread)
 
 
 @contextmanager
@@ -45,23 +46,25 @@ def one_thread():
     ~50 small operations: split across threads they cost more in hand-offs than they save,
     and BLAS threads spinning beside torch's made generation 6x slower on 2 cores (2.5x with
     one core busy elsewhere; docs/benchmarks.md). A prefill (large products over many
-    positions, torch only) gets back the threads torch had before."""
-    global _prefill_threads
-    before, outer = torch.get_num_threads(), _prefill_threads
+    positions, torch only) gets back the threads torch had before. torch's thread count
+    belongs to the calling thread; the BLAS limit is set and restored around the block
+    (generating in several threads at once is not what it was tuned for)."""
+    before = torch.get_num_threads()
+    outer = getattr(_thread, "prefill_threads", 0)
     torch.set_num_threads(1)
-    _prefill_threads = outer or before
+    _thread.prefill_threads = outer or before
     try:
         with threadpool_limits(1, user_api="blas"):
             yield
     finally:
-        _prefill_threads = outer
+        _thread.prefill_threads = outer
         torch.set_num_threads(before)
 
 
 @contextmanager
 def _prefill_threading():
     threads = torch.get_num_threads()
-    wanted = _prefill_threads or threads
+    wanted = getattr(_thread, "prefill_threads", 0) or threads
     if wanted != threads:
         torch.set_num_threads(wanted)
     try:
