@@ -2,18 +2,24 @@
 whole `banger generate` command against realtime.
 
     python bench/generate.py [--model default] [--tokens 256] [--repeat 3] [--cold 3]
+                             [--parts decoders,prefill,where,in-process,cold]
     python bench/generate.py --candidate other.safetensors --only-candidate
 
 Tables, every row of each measured in the same run so the ratios hold on a noisy machine:
 
-1. decoders on the same weights, same process, one thread: stock
-   `AutoregressiveWrapper.generate(cache_kv=True)` (the baseline), banger's decoder with its
-   step in torch (the previous release's step), and with its step in numpy (today's), each
-   with banger's grammar masks and sampling, at batch 1 and 4;
-2. where a token's time goes in `generate` (16 bars of guitar and drums, seed 1);
-3. in-process: 16 bars with and without the MP3 preview, and `-n 16` per variant;
-4. the command from a cold start (best of --cold runs, MP3 included) beside the floor of
-   starting Python and importing torch.
+1. `decoders`: on the same weights, same process, one thread: stock
+   `AutoregressiveWrapper.generate(cache_kv=True)` (the baseline, torch) and banger's numpy
+   decoder with its grammar masks and sampling, at batch 1 and 4;
+2. `prefill`: the decoder's prefill (the start, and a re-window of 1,536 tokens at batch 1
+   and 16) in the calling thread alone and shared by its threads (`WORKERS`, the default);
+3. `where`: where a token's time goes in `generate` (16 bars of guitar and drums, seed 1);
+4. `in-process`: 16 bars with and without the MP3 preview, and `-n 16` per variant;
+5. `cold`: the command from a cold start (best of --cold runs, MP3 included) beside the
+   floors of starting Python with numpy (what it imports) and with torch (what it no longer
+   imports).
+
+Only the `decoders` table imports torch (and runs after the others): in-process figures are
+those of a process without it, as `banger generate` is.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -36,9 +42,11 @@ from bangercli.generation.generate import Request, generate  # noqa: E402
 from bangercli.generation.sampling import Grammar, Sampling, sample  # noqa: E402
 from bangercli.generation.save import save_pieces  # noqa: E402
 from bangercli.midi.tokenizer import Tokenizer  # noqa: E402
+from bangercli.model import decoder as decoder_module  # noqa: E402
 from bangercli.model.decoder import FastDecoder, one_thread  # noqa: E402
 
 BARS16 = dict(instruments=("guitar",), drums=True, bars=16, seed=1)
+PARTS = ("decoders", "prefill", "where", "in-process", "cold")
 
 
 def best_of(repeat: int, fn) -> float:
@@ -50,60 +58,82 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
-def stock(model, prompt: torch.Tensor, tokens: int) -> None:
+def stock(model, prompt, tokens: int) -> None:
+    import torch
     from x_transformers import AutoregressiveWrapper
 
     wrapper = AutoregressiveWrapper(model)
     with torch.inference_mode():
-        wrapper.generate(prompt, tokens, cache_kv=True, temperature=1.0,
+        wrapper.generate(torch.as_tensor(prompt), tokens, cache_kv=True, temperature=1.0,
                          filter_logits_fn="top_p", filter_kwargs={"thres": 0.95})
 
 
-def torch_step(decoder: FastDecoder, token: torch.Tensor) -> torch.Tensor:
-    """The previous release's step: one position through the torch path (as prefill)."""
-    decoder.valid[:, decoder.length] = True
-    mask = decoder.valid[:, None, None, : decoder.length + 1]
-    decoder.np_bias[:, decoder.length] = 0.0
-    return decoder._forward(token[:, None], mask)
-
-
-def ours(decoder: FastDecoder, grammar: Grammar, prompt: torch.Tensor, tokens: int,
-         step) -> None:
+def ours(decoder: FastDecoder, grammar: Grammar, prompt: np.ndarray, tokens: int) -> None:
     batch = prompt.shape[0]
-    generator = torch.Generator().manual_seed(0)
-    logits = decoder.prefill(prompt, torch.ones_like(prompt, dtype=torch.bool),
-                             prompt.shape[1] + tokens)
-    phase = torch.zeros(batch, dtype=torch.long)
-    time_ = torch.zeros(batch, dtype=torch.long)
+    generator = np.random.default_rng(0)
+    logits = decoder.prefill(prompt, np.ones(prompt.shape, dtype=bool), prompt.shape[1] + tokens)
+    phase = np.zeros(batch, dtype=np.int64)
+    time_ = np.zeros(batch, dtype=np.int64)
     options = Sampling(temperature=1.0, top_p=0.95)
     for _ in range(tokens):
         token = sample(logits, grammar.masks[phase], options, generator)
         phase, time_ = grammar.advance(phase, time_, token)
-        logits = step(decoder, token)
+        logits = decoder.step(token)
 
 
 def decoders(banger, tokens: int, repeat: int) -> None:
+    import torch
+
     model, decoder, grammar = banger.model, banger.decoder, Grammar(banger.tokenizer)
     header = [Tokenizer.START, Tokenizer.DRUMS_ON, banger.tokenizer.instrument_token(3)]
-    print(f"\n{'decoder (one thread)':<36}{'batch':>6}{'tokens/s':>10}{'us/step':>10}"
-          f"{'vs stock':>10}")
-    with one_thread():
-        for batch in (1, 4):
-            prompt = torch.tensor([header] * batch)
-            rows = [("x-transformers generate (stock)", lambda: stock(model, prompt, tokens)),
-                    ("banger, torch step (previous)", lambda: ours(
-                        decoder, grammar, prompt, tokens, torch_step)),
-                    ("banger, numpy step", lambda: ours(
-                        decoder, grammar, prompt, tokens, FastDecoder.step))]
-            times = {name: float("inf") for name, _ in rows}
-            for _ in range(repeat):  # interleaved: a burst of load hits every row alike
-                for name, fn in rows:
-                    times[name] = min(times[name], best_of(1, fn))
-            base = times[rows[0][0]]
-            for name, seconds in times.items():
-                rate = batch * tokens / seconds
-                print(f"{name:<36}{batch:>6}{rate:>10.0f}{1e6 / rate * batch:>10.0f}"
-                      f"{base / seconds:>10.2f}")
+    print(f"\n{'decoder (one thread; torch ' + torch.__version__ + ')':<36}{'batch':>6}"
+          f"{'tokens/s':>10}{'us/step':>10}{'vs stock':>10}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with one_thread():
+            for batch in (1, 4):
+                prompt = np.array([header] * batch)
+                rows = [("x-transformers generate (stock)", lambda: stock(model, prompt, tokens)),
+                        ("banger, numpy decoder", lambda: ours(decoder, grammar, prompt,
+                                                               tokens))]
+                times = {name: float("inf") for name, _ in rows}
+                for _ in range(repeat):  # interleaved: a burst of load hits every row alike
+                    for name, fn in rows:
+                        times[name] = min(times[name], best_of(1, fn))
+                base = times[rows[0][0]]
+                for name, seconds in times.items():
+                    rate = batch * tokens / seconds
+                    print(f"{name:<36}{batch:>6}{rate:>10.0f}{1e6 / rate * batch:>10.0f}"
+                          f"{base / seconds:>10.2f}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def prefill(banger, repeat: int) -> None:
+    """Seconds of one prefill: the header alone (the start of a piece) and a re-window of
+    1,536 tokens (1,000-1,536 per row at batch 16: rows are left-padded), in the calling
+    thread alone and shared by the prefill's threads (every product on one BLAS thread)."""
+    decoder, window = banger.decoder, banger.config.seq_len
+    rng = np.random.default_rng(0)
+    shared = decoder_module.WORKERS
+    print(f"\n{'prefill (seconds)':<36}{'batch':>6}{'tokens':>8}{'1 thread':>10}"
+          f"{f'{shared} threads':>11}")
+    for batch, length in ((1, 3), (1, 1536), (16, 1536)):
+        ids = rng.integers(1, banger.config.vocab_size, (batch, length))
+        valid = np.ones((batch, length), dtype=bool)
+        for row in range(1, batch):
+            valid[row, : rng.integers(0, 537)] = False
+        cells = ""
+        for workers in (1, shared):
+            decoder_module.WORKERS = workers
+            try:
+                seconds = best_of(repeat, lambda: decoder.prefill(ids, valid, window))
+            finally:
+                decoder_module.WORKERS = shared
+            cells += f"{seconds:>10.3f}" if workers == 1 else f"{seconds:>11.3f}"
+        label = "the start (header)" if length < 10 else "a re-window"
+        print(f"{label:<36}{batch:>6}{length:>8}{cells}")
 
 
 def where_time_goes(banger) -> None:
@@ -123,8 +153,8 @@ def where_time_goes(banger) -> None:
             return result
         setattr(owner, name, wrapper)
 
-    timed(FastDecoder, "step", "decoder step (numpy)")
-    timed(FastDecoder, "prefill", "prefill (torch; start and each re-window)")
+    timed(FastDecoder, "step", "decoder step")
+    timed(FastDecoder, "prefill", "prefill (start and each re-window)")
     timed(decoding.Batch, "allowed", "masks (grammar, band, chord, forcing)")
     timed(decoding.Batch, "draw", "draw (steering, top-p, sampling)")
     timed(decoding.Batch, "advance", "advance (phase, time, bookkeeping)")
@@ -172,7 +202,8 @@ def cold(model: str, repeat: int) -> None:
     print(f"\n{'from a cold start (best of %d)' % repeat:<44}{'wall s':>8}{'peak MB':>9}")
     generate_command = [sys.executable, "-m", "bangercli", "generate", "-i", "guitar",
                         "--drums", "--seed", "1", "--model", model, "--force", "--out"]
-    rows = [("python -c 'import torch' (floor)", [sys.executable, "-c", "import torch"]),
+    rows = [("python -c 'import numpy' (floor)", [sys.executable, "-c", "import numpy"]),
+            ("python -c 'import torch' (not imported)", [sys.executable, "-c", "import torch"]),
             ("banger generate -i guitar --drums, + MP3", generate_command)]
     for label, command in rows:
         best, peak = float("inf"), float("nan")
@@ -191,33 +222,26 @@ def cold(model: str, repeat: int) -> None:
 
 
 def candidate_speed(banger, candidate_path: str, seeds: int) -> None:
-    """16 bars of guitar + drums, seeds 1..N, interleaved: the default as the previous release
-    ran it (torch step), the default today, and a candidate model (e.g. a longer window)."""
+    """16 bars of guitar + drums, seeds 1..N, interleaved: the default and a candidate model
+    (e.g. a longer window)."""
     candidate = load_model(candidate_path)
-    rows = [("default, torch step (previous release)", banger, torch_step),
-            ("default, numpy step", banger, None),
+    rows = [("default", banger),
             (f"candidate {Path(candidate_path).name} (window {candidate.config.seq_len})",
-             candidate, None)]
-    walls = {label: 0.0 for label, _, _ in rows}
-    tokens = {label: 0 for label, _, _ in rows}
-    original = FastDecoder.step
+             candidate)]
+    walls = {label: 0.0 for label, _ in rows}
+    tokens = {label: 0 for label, _ in rows}
     for seed in range(1, seeds + 1):
-        for label, model, step in rows:
-            if step is not None:
-                FastDecoder.step = lambda self, token: torch_step(self, token)
-            try:
-                start = time.perf_counter()
-                pieces = generate(model, Request(**{**BARS16, "seed": seed}))
-                walls[label] += time.perf_counter() - start
-            finally:
-                FastDecoder.step = original
+        for label, model in rows:
+            start = time.perf_counter()
+            pieces = generate(model, Request(**{**BARS16, "seed": seed}))
+            walls[label] += time.perf_counter() - start
             tokens[label] += len(pieces[0].ids)
     base = walls[rows[0][0]]
     print(f"\n{'16 bars guitar + drums, seeds 1-%d' % seeds:<52}{'mean s':>8}{'us/token':>10}"
-          f"{'vs previous':>13}")
-    for label, _, _ in rows:
+          f"{'vs default':>12}")
+    for label, _ in rows:
         print(f"{label:<52}{walls[label] / seeds:>8.2f}"
-              f"{walls[label] / tokens[label] * 1e6:>10.0f}{base / walls[label]:>12.2f}x")
+              f"{walls[label] / tokens[label] * 1e6:>10.0f}{base / walls[label]:>11.2f}x")
 
 
 def main() -> None:
@@ -229,21 +253,31 @@ def main() -> None:
     parser.add_argument("--candidate", help="also time this checkpoint against the default")
     parser.add_argument("--seeds", type=int, default=4, help="seeds for --candidate")
     parser.add_argument("--only-candidate", action="store_true", help="skip the other tables")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"tables to run, comma-separated (default: {','.join(PARTS)})")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    if set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; choose from {PARTS}")
     banger = load_model(args.model)
     c = banger.config
     print(f"model: dim {c.dim}, depth {c.depth}, heads {c.heads}, window {c.seq_len}, "
           f"{banger.num_parameters / 1e6:.1f}M parameters; {os.cpu_count()} CPUs; "
-          f"torch {torch.__version__}; best of {args.repeat}")
+          f"numpy {np.__version__}; best of {args.repeat}")
     if args.candidate:
         with one_thread():
             candidate_speed(banger, args.candidate, args.seeds)
     if args.only_candidate:
         return
-    decoders(banger, args.tokens, args.repeat)
-    where_time_goes(banger)
-    in_process(banger, args.repeat)
-    if args.cold:
+    if "prefill" in parts:
+        prefill(banger, args.repeat)
+    if "where" in parts:
+        where_time_goes(banger)
+    if "in-process" in parts:
+        in_process(banger, args.repeat)
+    if "decoders" in parts:  # last: it imports torch and x-transformers
+        decoders(banger, args.tokens, args.repeat)
+    if "cold" in parts and args.cold:
         cold(args.model, args.cold)
 
 

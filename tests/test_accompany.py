@@ -108,7 +108,7 @@ def test_added_parts_play_in_every_four_bars_even_when_the_model_would_not(bange
     unwanted = [BASS, DRUMS.index]
 
     def bias(logits):
-        logits = logits.clone()
+        logits = logits.copy()
         for instrument in unwanted:
             start = tokenizer.note_token(instrument, 0)
             logits[:, start:start + 128] -= 30.0
@@ -131,13 +131,13 @@ def test_kept_notes_win_over_a_model_that_skips_or_plays_anything(banger):
     tokenizer = banger.tokenizer
 
     def skipper(logits):
-        logits = logits.clone()
+        logits = logits.copy()
         logits[:, tokenizer.time_token(tokenizer.config.max_shift)] += 50.0
         logits[:, tokenizer.time_token(31)] += 40.0
         return logits
 
     def intruder(logits):
-        logits = logits.clone()
+        logits = logits.copy()
         logits[:, tokenizer.note_offset:] += 20.0
         logits[:, tokenizer.note_token(PIANO, 0):tokenizer.note_token(PIANO, 128)] += 20.0
         return logits

@@ -1,14 +1,21 @@
-"""The cached decoder against the x-transformers forward pass it re-implements: the same
-logits for prefill and for every step, with left padding, with layer-norm gains that are
-not all ones (so folding them into the projections is really exercised)."""
+"""The cached decoder (numpy) against the x-transformers forward pass it re-implements (torch):
+the same logits for prefill and for every step, with left padding, with layer-norm gains that
+are not all ones (so folding them into the projections is really exercised); its erf against
+torch's and math's; and generation that imports neither torch nor x-transformers."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
-from bangercli.model.decoder import FastDecoder, UnsupportedModel
+from bangercli.model.decoder import FastDecoder, UnsupportedModel, erf
 from bangercli.model.network import PRESETS, build_model
+from midi_fixtures import band
 
 CONFIG = PRESETS["tiny"]
 TOLERANCE = 1e-4
@@ -49,8 +56,8 @@ def random_ids(length: int, *, seed: int) -> list[int]:
     return torch.randint(1, CONFIG.vocab_size, (length,), generator=generator).tolist()
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    difference = (actual - expected).abs().max().item()
+def assert_close(actual, expected) -> None:
+    difference = (torch.as_tensor(actual) - torch.as_tensor(expected)).abs().max().item()
     assert difference <= TOLERANCE, f"max |difference| {difference:.2e} > {TOLERANCE}"
 
 
@@ -126,6 +133,27 @@ def test_prefill_past_the_training_window_matches(model):
     assert_close(logits[0], reference_logits(model, ids))
 
 
+def test_a_long_padded_prefill_in_pieces_matches(model):
+    """600 positions: the prefill's pieces (ranges of positions, blocks of 256 queries, shared
+    by its threads) put together give the forward pass's logits, for a left-padded row too,
+    and the cache they wrote serves the next step."""
+    from bangercli.model import decoder as module
+
+    assert 600 // module.MIN_PIECE >= 2 and 600 > 2 * module.QUERY_BLOCK
+    prompts = [random_ids(600, seed=30), random_ids(420, seed=31)]
+    ids = np.zeros((2, 600), dtype=np.int64)
+    valid = np.zeros((2, 600), dtype=bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, 600 - len(prompt):] = prompt
+        valid[row, 600 - len(prompt):] = True
+    decoder = FastDecoder.from_model(model, CONFIG)
+    logits = decoder.prefill(ids, valid, 601)
+    for row, prompt in enumerate(prompts):
+        assert_close(logits[row], reference_logits(model, prompt))
+    logits = decoder.step(np.array([5, 9]))
+    assert_close(logits[1], reference_logits(model, prompts[1] + [9]))
+
+
 def test_cached_greedy_decoding_equals_uncached(model):
     """Greedy continuation of two prompts of different lengths, batched and cached, equals the
     plain forward pass re-run on the growing sequence, token for token."""
@@ -148,7 +176,7 @@ def test_cached_greedy_decoding_equals_uncached(model):
     logits = decoder.prefill(ids, valid, width + steps)
     produced = [[] for _ in prompts]
     for _ in range(steps):
-        token = logits.argmax(dim=-1)
+        token = logits.argmax(axis=-1)
         for row, value in enumerate(token.tolist()):
             produced[row].append(value)
         logits = decoder.step(token)
@@ -190,8 +218,8 @@ def test_the_decoder_built_from_checkpoint_tensors_equals_the_one_built_from_the
     for decoder in (from_model, from_weights):
         decoder.prefill(torch.tensor([ids[:30]]), torch.ones(1, 30, dtype=torch.bool), 40)
     for t in range(30, 40):
-        token = torch.tensor([ids[t]])
-        assert torch.equal(from_model.step(token), from_weights.step(token))
+        token = np.array([ids[t]])
+        assert np.array_equal(from_model.step(token), from_weights.step(token))
 
 
 def test_wrong_tensor_shapes_are_refused(model):
@@ -201,28 +229,71 @@ def test_wrong_tensor_shapes_are_refused(model):
         FastDecoder(weights, CONFIG)
 
 
-def test_one_thread_inside_and_the_old_count_after():
-    from bangercli.model.decoder import one_thread
+def blas_threads() -> list[int]:
     from threadpoolctl import threadpool_info
 
-    import numpy  # noqa: F401  (loads its BLAS, the one the decoder's step uses)
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
-    def blas_threads() -> list[int]:
-        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
-    before, blas_before = torch.get_num_threads(), blas_threads()
-    assert blas_before  # numpy's BLAS is found, so the check below can fail
-    with one_thread():
-        assert torch.get_num_threads() == 1
-        assert set(blas_threads()) == {1}
-    assert torch.get_num_threads() == before
-    assert blas_threads() == blas_before
+def test_one_blas_thread_inside_and_the_old_count_after(model, monkeypatch):
+    """The decoding loop (steps and prefills) runs numpy's BLAS on one thread; after it, the
+    old count. torch's own threads are left alone."""
+    from threadpoolctl import threadpool_limits
+
+    from bangercli.model.decoder import one_thread
+
+    decoder = FastDecoder.from_model(model, CONFIG)
+    seen = []
+    real_row = FastDecoder._prefill_row
+
+    def spying_row(self, *args):
+        seen.append(blas_threads())
+        return real_row(self, *args)
+
+    monkeypatch.setattr(FastDecoder, "_prefill_row", spying_row)
+    torch_threads = torch.get_num_threads()
+    with threadpool_limits(2, user_api="blas"):  # as on a 2-core machine, whatever this one has
+        assert set(blas_threads()) == {2}  # numpy's BLAS is found, so the checks below can fail
+        with one_thread():
+            assert set(blas_threads()) == {1}
+            decoder.prefill(np.array([[1, 2, 3]]), np.ones((1, 3), dtype=bool), 8)
+            decoder.step(np.array([4]))
+            assert torch.get_num_threads() == torch_threads
+        assert set(blas_threads()) == {2}
+    assert [set(threads) for threads in seen] == [{1}]
+
+
+def test_erf_is_float32_accurate_over_a_wide_range():
+    """numpy has no erf: the decoder's (for the exact GELU) is within 1.2e-7 of the exact
+    value from -10 to 10 (torch.erf: 3.3e-8; a float32 spacing near 1 is 6e-8), exact at 0,
+    odd, 1 in the tails and at infinity."""
+    z = np.concatenate([np.linspace(-10, 10, 400_001, dtype=np.float32),
+                        np.float32([0.0, -0.0, 1e-30, -1e-30, 1e-8, 30.0, -1e30])])
+    exact = np.array([math.erf(value) for value in z.astype(np.float64).tolist()])
+    assert np.abs(erf(z) - exact).max() < 1.2e-7
+    assert np.abs(erf(z) - torch.erf(torch.from_numpy(z)).numpy()).max() < 1.5e-7
+    assert np.array_equal(erf(-z), -erf(z))
+    assert erf(np.float32([0.0, np.inf, -np.inf])).tolist() == [0.0, 1.0, -1.0]
+    assert np.isnan(erf(np.float32([np.nan]))).all()
+
+
+def test_gelu_matches_torchs_exact_gelu():
+    from bangercli.model.decoder import gelu
+
+    x = np.concatenate([np.linspace(-12, 12, 240_001, dtype=np.float32),
+                        np.float32([0.0, 1e-6, -1e-6, 50.0, -50.0, 1e4, -1e4])])
+    expected = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    got = gelu(x.copy())  # in place, on the hidden layer's memory
+    assert np.abs(got - expected).max() <= 2 * np.spacing(np.float32(12))  # 1e-6 at 12
+    assert np.abs(got - expected)[np.abs(x) <= 1].max() <= 2 * np.spacing(np.float32(1))
+    assert np.array_equal(got[-4:], expected[-4:])  # far tails: x and 0 exactly
 
 
 @pytest.mark.slow  # a real process or a whole run: about 1.5 s or more (CI runs it)
-def test_generation_does_not_import_x_transformers(tmp_path):
-    """Start-up: `banger generate` loads the weights straight into the decoder; importing
-    x-transformers (about a second) is for training, scoring and `Banger.model`."""
+def test_generation_imports_neither_torch_nor_x_transformers(tmp_path):
+    """Start-up: loading a model and generating need numpy only (safetensors' numpy reader,
+    the numpy decoder and draw); torch (about 1.6 s) and x-transformers (about a second) are
+    for training, scoring and `Banger.model`."""
     import subprocess
     import sys
 
@@ -233,11 +304,57 @@ def test_generation_does_not_import_x_transformers(tmp_path):
     save_checkpoint(path, build_model(CONFIG), config=CONFIG,
                     tokenizer_config=Tokenizer().config)
     code = ("import sys\nfrom bangercli import load_model\n"
+            "heavy = lambda: sorted({'torch', 'x_transformers'} & set(sys.modules))\n"
             "banger = load_model(sys.argv[1])\n"
             "banger.generate(bars=1, seed=1)\n"
-            "print('x_transformers' in sys.modules)\n"
+            "banger.generate(prompt=sys.argv[2], add=['bass'], seed=1)\n"
+            "print(heavy())\n"
             "banger.model\n"
-            "print('x_transformers' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                          text=True, timeout=120)
-    assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
+            "print(heavy())\n")
+    prompt = tmp_path / "riff.mid"
+    band(0, bars=2).save(prompt)
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(prompt)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ["[]", "['torch', 'x_transformers']"], done.stderr[-2000:]
+
+
+# `banger ARGS`, then the heavy modules it imported, on stderr
+LAUNCHER = """
+import sys
+from bangercli.cli.app import main
+
+try:
+    main()
+finally:
+    print("imported:", sorted({"torch", "x_transformers"} & set(sys.modules)), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow  # a real process: about 1.5 s with the MP3 preview
+@pytest.mark.parametrize("audio", ["none", "mp3"])
+def test_banger_generate_imports_neither_torch_nor_x_transformers(tmp_path, audio):
+    import os
+    import subprocess
+    import sys
+
+    from bangercli.model.checkpoint import save_checkpoint
+    from bangercli.midi.tokenizer import Tokenizer
+
+    if audio != "none":
+        pytest.importorskip("symusic")  # the built-in renderer
+        pytest.importorskip("soundfile")
+    path = save_checkpoint(tmp_path / "tiny.safetensors", build_model(CONFIG), config=CONFIG,
+                           tokenizer_config=Tokenizer().config)
+    env = dict(os.environ, BANGER_HOME=str(tmp_path / "home"))
+    env.pop("BANGER_SOUNDFONT", None)
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, "generate", "--model", str(path),
+                           "-i", "guitar", "--drums", "--bars", "2", "--seed", "1", "--audio",
+                           audio, "--out", str(tmp_path / "out"), "--json", "--quiet"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == "imported: []"
+    record = json.loads(done.stdout)
+    assert Path(record["midi"]).is_file()
+    assert (record["audio"] is None) == (audio == "none")
+    if record["audio"]:
+        assert Path(record["audio"]).stat().st_size > 1000

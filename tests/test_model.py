@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,6 +87,21 @@ def test_float16_checkpoint_is_smaller_and_loads_as_float32(tmp_path):
     assert all(p.dtype == torch.float32 for p in b.model.parameters())
     ids = torch.randint(1, 2832, (1, 32))
     assert torch.allclose(a.logits(ids), b.logits(ids), atol=5e-2)
+
+
+def test_bfloat16_checkpoint_loads_as_float32_without_torch(tmp_path):
+    """numpy has no bfloat16: generation's reader widens those weights from the raw bytes, to
+    exactly what torch reads, and the model generates."""
+    from bangercli.model.checkpoint import read_weights
+
+    path = save_tiny(tmp_path / "bf16.safetensors", dtype="bfloat16")
+    arrays, meta = read_weights(path)
+    tensors, _ = read_checkpoint(path)
+    assert meta["dtype"] == "bfloat16" and tensors["to_logits.weight"].dtype == torch.bfloat16
+    for name, tensor in tensors.items():
+        assert arrays[name].dtype == np.float32
+        assert np.array_equal(arrays[name], tensor.float().numpy()), name
+    assert len(load_checkpoint(path).generate(tokens=20, seed=1)[0].ids) > 20
 
 
 def test_model_names_resolve_in_the_user_directory(banger_home):

@@ -7,49 +7,61 @@
 
 Everything a script, the command line or the web page does goes through here: the options
 of `Banger.generate` are the fields of `generation.Request` (validated there, once), and
-writing files is `generation.save.save_pieces`. Importing this module imports torch.
+writing files is `generation.save.save_pieces`. Loading a model and generating need numpy
+only; torch (and x-transformers) are imported when something asks for the network:
+`Banger.model`, `logits`, `to`, `device`, scoring.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+import numpy as np
 
 from .errors import BangerError, UsageError
 from .generation.generate import Piece, generate
 from .generation.request import Request
 from .midi.tokenizer import Tokenizer, TokenizerConfig
-from .model.checkpoint import SUFFIX, read_checkpoint
+from .model.checkpoint import SUFFIX, read_weights
+from .model.config import BUFFERS, ModelConfig, check_weights
 from .model.decoder import FastDecoder, UnsupportedModel
-from .model.network import (
-    BUFFERS, ModelConfig, build_model, check_weights, count_parameters,
-)
 from .paths import package_models_dir, user_models_dir
-from .training.devices import pick_device
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["Banger", "Piece", "Request", "load_model"]
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The x-transformers network for `config` (imports torch and x-transformers)."""
+    from .model.network import build_model as build
+
+    return build(config)
 
 
 class Banger:
     """A loaded model and its tokenizer: load once with `load_model`, use many times.
 
-    Generation runs `decoder`, a lean cached decoder built straight from the checkpoint's
-    tensors on the CPU (model/decoder.py): it needs neither x-transformers nor a built
-    network. `model` is the x-transformers network (scoring, `logits`, evaluation), built
-    from the same tensors the first time it is asked for.
+    Generation runs `decoder`, a lean cached decoder in numpy built straight from the
+    checkpoint's arrays on the CPU (model/decoder.py): it needs neither torch nor
+    x-transformers. `model` is the x-transformers network (scoring, `logits`, evaluation),
+    built from the same arrays the first time it is asked for.
     """
 
     def __init__(self, model: nn.Module | None, tokenizer: Tokenizer, config: ModelConfig, *,
-                 weights: dict[str, torch.Tensor] | None = None, info: dict | None = None,
+                 weights: dict[str, np.ndarray] | None = None, info: dict | None = None,
                  path: str | None = None, device: str | torch.device = "cpu") -> None:
         if model is None and weights is None:
             raise TypeError("Banger needs a model or its weights")
         self._model = model.eval() if model is not None else None
         self._weights = weights
-        self._device = torch.device(device)
+        self._device = device  # where `model` is built: "cpu" needs no torch to say so
         self.tokenizer = tokenizer
         self.config = config
         self.info = dict(info or {})  # training info: step, epoch, best validation loss, data hash
@@ -60,9 +72,12 @@ class Banger:
     def model(self) -> nn.Module:
         """The x-transformers network (float32, eval mode), built on first use."""
         if self._model is None:
+            import torch
+
             model = build_model(self.config)
-            model.load_state_dict(self._weights, strict=True)
-            self._model = model.to(self._device).eval()
+            model.load_state_dict({name: torch.from_numpy(np.asarray(array))
+                                   for name, array in self._weights.items()}, strict=True)
+            self._model = model.to(self.device).eval()
             self._weights = None  # the network holds them now (one copy in memory)
         return self._model
 
@@ -82,30 +97,38 @@ class Banger:
 
     @property
     def device(self) -> torch.device:
+        """Where `model` lives (or will be built): a torch.device (imports torch)."""
+        import torch
+
         if self._model is None:
-            return self._device
+            return torch.device(self._device)
         return next(self._model.parameters()).device
 
     @property
     def num_parameters(self) -> int:
         if self._model is not None:
-            return count_parameters(self._model)
-        return sum(t.numel() for name, t in self._weights.items() if name not in BUFFERS)
+            return sum(p.numel() for p in self._model.parameters())
+        return sum(math.prod(np.shape(array)) for name, array in self._weights.items()
+                   if name not in BUFFERS)
 
     def to(self, device: str | torch.device) -> "Banger":
+        import torch
+
         self._device = torch.device(device)
         if self._model is not None:
-            self._model.to(device)
+            self._model.to(self._device)
         return self
 
-    @torch.inference_mode()
     def logits(self, ids) -> torch.Tensor:
         """Next-token logits (float32, on CPU) for a sequence or a batch of sequences of ids."""
-        inputs = torch.as_tensor(ids, dtype=torch.long, device=self.device)
-        squeeze = inputs.dim() == 1
-        if squeeze:
-            inputs = inputs.unsqueeze(0)
-        logits = self.model(inputs).float().cpu()
+        import torch
+
+        with torch.inference_mode():
+            inputs = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+            squeeze = inputs.dim() == 1
+            if squeeze:
+                inputs = inputs.unsqueeze(0)
+            logits = self.model(inputs).float().cpu()
         return logits[0] if squeeze else logits
 
     def generate(self, request: Request | None = None, *, progress=None, **options) -> list[Piece]:
@@ -128,18 +151,22 @@ class Banger:
 def load_model(name_or_path: str | os.PathLike = "default", *, device: str = "cpu") -> Banger:
     """Load a model once (a checkpoint path or a model name) to use many times. `device` is
     "cpu" (default), "auto" (CUDA when present), "cuda" or "cuda:N"; generation itself
-    always runs on the CPU's cached decoder, the device serves `logits` and scoring."""
-    if not isinstance(device, (str, torch.device)):
+    always runs on the CPU's cached decoder, the device serves `logits` and scoring (any
+    device but "cpu" is looked up in torch)."""
+    torch = sys.modules.get("torch")  # a torch.device can only come from a loaded torch
+    if not (isinstance(device, str) or torch is not None and isinstance(device, torch.device)):
         raise UsageError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
-    if isinstance(device, str):
+    if isinstance(device, str) and device != "cpu":
+        from .training.devices import pick_device
+
         device = pick_device(device)
     return load_checkpoint(resolve_model(name_or_path), device=device)
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Banger:
-    """Model weights (float32; the network is built on `device` when first asked for) and
-    tokenizer from one checkpoint file."""
-    tensors, meta = read_checkpoint(path)
+    """Model weights (float32 numpy arrays; the network is built on `device` when first asked
+    for) and tokenizer from one checkpoint file."""
+    tensors, meta = read_weights(path)
     try:  # every size is checked against the file's tensors before anything is built
         config = ModelConfig.from_dict(meta["model_config"])
         tokenizer = Tokenizer(TokenizerConfig.from_dict(meta["tokenizer"]))
@@ -150,7 +177,6 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     except BangerError as err:  # UsageError included: the file is at fault, not the user
         raise BangerError(f"{path}: {err.message}",
                           hint="pass a .safetensors checkpoint written by `banger train`") from None
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     return Banger(None, tokenizer, config, weights=tensors, info=meta["training"],
                   path=str(path), device=device)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..midi.instruments import INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
@@ -34,8 +33,7 @@ class Region:
 
 
 class KeepPlaying:
-    """The masks of one region for one batch, and which parts played when (numpy: a torch
-    call on a few rows costs several times a numpy one)."""
+    """The masks of one region for one batch, and which parts played when."""
 
     def __init__(self, region: Region, tokenizer: Tokenizer, *, batch: int) -> None:
         self.region, self.tokenizer = region, tokenizer
@@ -45,8 +43,8 @@ class KeepPlaying:
         self.last = np.full((batch, len(INSTRUMENTS)), -1, dtype=np.int64)  # last onset
         self.shifts = np.arange(tokenizer.config.max_shift + 1)
 
-    def restrict(self, mask: torch.Tensor, time: np.ndarray, done: np.ndarray
-                 ) -> torch.Tensor:
+    def restrict(self, mask: np.ndarray, time: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """`mask` (rows, vocab), or a narrowed copy of it."""
         region = self.region
         active = ~done & (time < region.stop)
         if not active.any() or not len(self.parts):
@@ -64,8 +62,7 @@ class KeepPlaying:
         if not stay.any():
             return mask
         tokenizer = self.tokenizer
-        given = mask.numpy()
-        narrowed = given.copy()
+        narrowed = mask.copy()
         land = time[:, None] + self.shifts[None, :]
         times = slice(tokenizer.time_offset, tokenizer.durvel_offset)
         narrowed[:, times] &= ~(stay[:, None] & (land >= closes[:, None]))
@@ -76,8 +73,8 @@ class KeepPlaying:
         # a row the rule would leave with nothing (a kept note is due, the chord is full)
         # keeps its mask: the rule never breaks the grammar or a kept note
         stuck = ~narrowed.any(axis=1)
-        narrowed[stuck] = given[stuck]
-        return torch.from_numpy(narrowed)
+        narrowed[stuck] = mask[stuck]
+        return narrowed
 
     def update(self, token: np.ndarray, time: np.ndarray, new: np.ndarray) -> None:
         """Record the onset `time` of each row's new NOTE `token` (rows flagged in `new`)."""

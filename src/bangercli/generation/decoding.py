@@ -7,10 +7,10 @@ re-window when the context is full). When the context reaches the model's traini
 it is rebuilt as the header plus the most recent notes, which is exactly the shape of the
 windows the model was trained on.
 
-Each row's phase, time and chord are plain Python numbers, and the masks numpy arrays: the
-loop makes dozens of calls a token, and a torch call on a few numbers costs several times a
-numpy call, which costs several times a Python step. Torch does the arithmetic that sets the
-odds (the decoder's logits, softmax, running sums, the random draw).
+Each row's phase, time and chord are plain Python numbers, the masks, logits and odds numpy
+arrays: the loop makes dozens of calls a token, and a numpy call costs several times a Python
+step (a torch call several times a numpy one). The random numbers come from one
+`numpy.random.Generator` per request, seeded with its seed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
@@ -65,7 +64,7 @@ class Plan:
     keep_playing: tuple[Region, ...] = ()  # parts that play in every 4 bars (band.py)
 
 
-def decode_rows(banger, plan: Plan, *, batch: int, generator: torch.Generator,
+def decode_rows(banger, plan: Plan, *, batch: int, generator: np.random.Generator,
                 progress=None) -> list[list[int]]:
     """`batch` token sequences that start with `plan.prefix` and end where the plan says."""
     with one_thread():
@@ -83,14 +82,15 @@ class Batch:
     """The loop's state: rows, their grammar phase and onset time, band and chord bookkeeping,
     the steering counts and the decoder's cache."""
 
-    def __init__(self, banger, plan: Plan, *, batch: int, generator: torch.Generator) -> None:
+    def __init__(self, banger, plan: Plan, *, batch: int,
+                 generator: np.random.Generator) -> None:
         tokenizer: Tokenizer = banger.tokenizer
         self.tokenizer, self.plan, self.generator = tokenizer, plan, generator
         allowed = set(plan.instruments) if plan.only else None
         self.on = Grammar(tokenizer, allowed_instruments=allowed, drums=True)
         self.off = Grammar(tokenizer, allowed_instruments=allowed, drums=False)
-        # the grammars' tables: masks as numpy arrays, moves and shifts as lists
-        self.masks_on, self.masks_off = self.on.masks.numpy(), self.off.masks.numpy()
+        # the grammars' tables: masks as arrays, moves and shifts as lists
+        self.masks_on, self.masks_off = self.on.masks, self.off.masks
         self.moves, self.shift = self.on.moves.tolist(), self.on.shift.tolist()
         self.decoder = banger.decoder
         self.window = banger.config.seq_len
@@ -138,7 +138,7 @@ class Batch:
 
     # --- the four moves of a step ---------------------------------------------------------
 
-    def allowed(self) -> torch.Tensor:
+    def allowed(self) -> np.ndarray:
         """(rows, vocab): the tokens each row may write next."""
         tokenizer, phase = self.tokenizer, self.phase
         if self.same_drums:  # one grammar for the whole batch
@@ -153,17 +153,17 @@ class Batch:
                 mask[row, tokenizer.time_token(0)] = False
             for token in played:
                 mask[row, token] = False
-        allowed = torch.from_numpy(mask)
+        allowed = mask
         if self.forcing:  # last: kept notes override every other rule
             allowed = self.forcing.restrict(allowed, *self._arrays("phase", "time", "done"))
         for rule in self.rules:  # after the kept notes: the rule yields to them
             allowed = rule.restrict(allowed, *self._arrays("time", "done"))
-        has_token = allowed.numpy().any(axis=1).tolist()
+        has_token = allowed.any(axis=1).tolist()
         if not all(has or done for has, done in zip(has_token, self.done)):  # would sample
             raise RuntimeError("internal error: a sequence has no allowed next token")  # nothing
         return allowed
 
-    def draw(self, allowed: torch.Tensor) -> torch.Tensor:
+    def draw(self, allowed: np.ndarray) -> np.ndarray:
         """One token per row. Top-k/top-p cut a distribution's tail; for TIME and DURVEL
         tokens the tail is the rests and the long notes, and cutting it made pieces about
         twice as dense as the model's own (docs/generation.md): only the NOTE choice is cut."""
@@ -173,14 +173,14 @@ class Batch:
         return sample(logits, allowed, self.plan.sampling, self.generator,
                       untruncated=TIMING[self.phase])
 
-    def advance(self, token: torch.Tensor) -> None:
+    def advance(self, token: np.ndarray) -> None:
         """Write `token` into each unfinished row and move phase, time, band and chord on."""
         tokens = token.tolist()
         counted = tokens  # new notes count for steering and the band; kept ones do not
         if self.forcing:
             phases, times, done = self._arrays("phase", "time", "done")
-            kept = self.forcing.kept(token.numpy(), phases, times)
-            self.forcing.advance(kept & ~done, token.numpy(), phases, times)
+            kept = self.forcing.kept(token, phases, times)
+            self.forcing.advance(kept & ~done, token, phases, times)
             counted = np.where(kept, Tokenizer.PAD, tokens).tolist()
         self.steering.update(counted)
         for rule in self.rules:
@@ -208,7 +208,7 @@ class Batch:
                                   or (out_of_tokens and phase != AFTER_DURVEL))
         self.header_open = self.header_open and HEADER in self.phase
 
-    def next_logits(self, token: torch.Tensor) -> None:
+    def next_logits(self, token: np.ndarray) -> None:
         if self.decoder.length >= self.window:
             self.logits = self._rewindow()
         else:
@@ -219,9 +219,9 @@ class Batch:
     def _choose_drums(self) -> None:
         """The model writes the drums flag first, then (in the loop) the instruments."""
         batch, length = len(self.rows), len(self.plan.prefix)
-        logits = self.decoder.prefill(torch.tensor(self.rows),
-                                      torch.ones(batch, length, dtype=torch.bool), self.window)
-        flags = torch.zeros_like(logits, dtype=torch.bool)
+        logits = self.decoder.prefill(np.array(self.rows), np.ones((batch, length), dtype=bool),
+                                      self.window)
+        flags = np.zeros(logits.shape, dtype=bool)
         flags[:, [Tokenizer.DRUMS_ON, Tokenizer.DRUMS_OFF]] = True
         first = sample(logits, flags, self.plan.sampling, self.generator)
         for row, token in zip(self.rows, first.tolist()):
@@ -258,7 +258,7 @@ class Batch:
                 band[:, (token - tokenizer.note_offset) // 128] = True
         return band
 
-    def _rewindow(self) -> torch.Tensor:
+    def _rewindow(self) -> np.ndarray:
         """Prefill the cache with each row's header plus its most recent notes (at most
         kept_tokens(window) in all, starting on a note boundary), left-padded to a common
         length. The window slides: most of what the model heard stays in view, so a riff
@@ -275,10 +275,10 @@ class Batch:
                 cut = later[0] if later else len(body)
             contexts.append(row[:head] + body[cut:])
         length = max(len(c) for c in contexts)
-        ids = torch.zeros(len(self.rows), length, dtype=torch.long)
-        valid = torch.zeros(len(self.rows), length, dtype=torch.bool)
+        ids = np.zeros((len(self.rows), length), dtype=np.int64)
+        valid = np.zeros((len(self.rows), length), dtype=bool)
         for i, context in enumerate(contexts):
-            ids[i, length - len(context):] = torch.tensor(context)
+            ids[i, length - len(context):] = context
             valid[i, length - len(context):] = True
         return self.decoder.prefill(ids, valid, window)
 

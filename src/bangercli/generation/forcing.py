@@ -20,12 +20,11 @@ a note is a new part's (`bias`).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..midi.instruments import INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
 from .accompany import Accompaniment
-from .sampling import AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME
+from .sampling import AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, softmax
 
 # Where a new part's notes may lie: the 0.5th to 99.5th percentile of each category's pitches
 # in the training corpus. Made to play where it meant another part, the model otherwise
@@ -45,10 +44,8 @@ LAST = 1 << 20  # the chord-order rank after every instrument
 
 
 class Forcing:
-    """The masks of one batch that keep the prompt's notes and confine the new ones.
-
-    Its state and masks are numpy arrays (a torch call on a few rows costs several times a
-    numpy one); the model's odds (`bias`) are worked out in torch, as the logits are."""
+    """The masks of one batch that keep the prompt's notes and confine the new ones, and the
+    model's odds that a note is a new part's (`bias`); numpy arrays throughout."""
 
     def __init__(self, accompaniment: Accompaniment, tokenizer: Tokenizer, *, batch: int,
                  limit: int) -> None:
@@ -89,16 +86,16 @@ class Forcing:
         self.onset_time = np.full(batch, -1, dtype=np.int64)
         self.durvel = np.full(batch, -1, dtype=np.int64)  # each row's last DURVEL
         # the model's running belief that a note is one of the new parts' (see `bias`)
-        self.share = torch.full((batch,), SHARE_PRIOR)
-        new_columns = torch.zeros(len(INSTRUMENTS), 128, dtype=torch.bool)
+        self.share = np.full(batch, SHARE_PRIOR, dtype=np.float32)
+        new_columns = np.zeros((len(INSTRUMENTS), 128), dtype=bool)
         new_columns[list(accompaniment.new_parts)] = True
-        self.new_columns = new_columns.view(-1)
+        self.new_columns = new_columns.reshape(-1)
 
-    def restrict(self, mask: torch.Tensor, phase: np.ndarray, time: np.ndarray,
-                 done: np.ndarray) -> torch.Tensor:
-        """`mask` (rows, vocab) narrowed to what keeps the prompt and the spans."""
+    def restrict(self, mask: np.ndarray, phase: np.ndarray, time: np.ndarray,
+                 done: np.ndarray) -> np.ndarray:
+        """`mask` (rows, vocab) narrowed to what keeps the prompt and the spans (a copy)."""
         tokenizer = self.tokenizer
-        mask = mask.numpy().copy()
+        mask = mask.copy()
         due = self.onsets[self.next]  # (rows,) the next kept onset, or the end
         left = self.next < self.count  # kept notes still to write
         at_kept = left & (time == due)
@@ -133,30 +130,28 @@ class Forcing:
                   & (self.durvel == self.durvels[self.next]))
         if naming.any():
             mask[rows[naming], self.notes[self.next][naming]] = True
-        return torch.from_numpy(mask)
+        return mask
 
-    def bias(self, logits: torch.Tensor, phase: np.ndarray, time: np.ndarray
-             ) -> torch.Tensor:
+    def bias(self, logits: np.ndarray, phase: np.ndarray, time: np.ndarray) -> np.ndarray:
         """Weigh each free landing by the model's odds that a note is a new part's (a running
         mean over its NOTE distributions), not by the odds of any note at all."""
         choosing = phase == AFTER_DURVEL
         if choosing.any():
-            probs = torch.softmax(logits[:, self.notes_slice].float(), dim=-1)
-            seen = probs[:, self.new_columns].sum(dim=-1)
-            self.share = torch.where(torch.from_numpy(choosing),
-                                     (1 - SHARE_RATE) * self.share + SHARE_RATE * seen,
-                                     self.share)
+            probs = softmax(np.asarray(logits[:, self.notes_slice], dtype=np.float32))
+            seen = probs[:, self.new_columns].sum(axis=-1)
+            self.share = np.where(choosing, (1 - SHARE_RATE) * self.share + SHARE_RATE * seen,
+                                  self.share).astype(np.float32)
         timing = (phase == EXPECT_TIME) | (phase == AFTER_LONG_TIME)
         if not timing.any():
             return logits
         due = self.onsets[self.next]
         land = time[:, None] + self.shifts[None, :]
         free = self._free(land) & ((land < due[:, None]) | (self.next >= self.count)[:, None])
-        penalty = (torch.log(self.share.clamp(min=1e-4))[:, None]
-                   * torch.from_numpy(free & timing[:, None]))
-        logits = logits.clone()
+        landing = free & timing[:, None]
+        penalty = np.log(np.maximum(self.share, np.float32(1e-4)))[:, None] * landing
+        logits = np.array(logits, dtype=np.float32)
         tokenizer = self.tokenizer
-        logits[:, tokenizer.time_offset:tokenizer.durvel_offset] += penalty.to(logits.dtype)
+        logits[:, tokenizer.time_offset:tokenizer.durvel_offset] += penalty
         return logits
 
     def kept(self, token: np.ndarray, phase: np.ndarray, time: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import mido
-import torch
+import numpy as np
 
 from ..errors import UsageError
 from ..midi.instruments import DRUMS, INSTRUMENTS, instrument_named
@@ -52,7 +52,8 @@ def generate(banger, request: Request, *, progress: Callable[[int, int], None] |
              ) -> list[Piece]:
     """Generate `request.variants` pieces with the loaded model `banger`."""
     plan, bpm, prompt = _plan(banger.tokenizer, request)
-    generator = torch.Generator().manual_seed(request.seed)
+    # one stream for the whole request: the same seed draws the same numbers on any machine
+    generator = np.random.Generator(np.random.PCG64(request.seed))
     batches = range(0, request.variants, MAX_BATCH)
     pieces = []
     for number, first in enumerate(batches):

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
@@ -38,15 +37,14 @@ class Grammar:
     """Per-phase masks of allowed tokens, and the phase/time bookkeeping for a batch."""
 
     def __init__(self, tokenizer: Tokenizer, *, allowed_instruments: set[int] | None = None,
-                 drums: bool = True, device: torch.device | str = "cpu") -> None:
+                 drums: bool = True) -> None:
         self.tokenizer = tokenizer
         vocab = tokenizer.vocab_size
-        kinds = torch.tensor([_KIND_IDS[tokenizer.kind(t)] for t in range(vocab)])
-        self.kind = kinds.to(device)
-        shifts = torch.zeros(vocab, dtype=torch.long)
+        kinds = np.array([_KIND_IDS[tokenizer.kind(t)] for t in range(vocab)])
+        self.kind = kinds
         times = kinds == _KIND_IDS["time"]
-        shifts[times] = torch.arange(int(times.sum()))
-        self.shift = shifts.to(device)
+        self.shift = np.zeros(vocab, dtype=np.int64)
+        self.shift[times] = np.arange(int(times.sum()))
         self.max_time_token = tokenizer.time_token(tokenizer.config.max_shift)
 
         playable = set(range(len(INSTRUMENTS)))
@@ -56,32 +54,32 @@ class Grammar:
         if drums:
             playable.add(DRUMS.index)
         self.playable = frozenset(playable)
-        notes = torch.zeros(vocab, dtype=torch.bool)
+        notes = np.zeros(vocab, dtype=bool)
         for instrument in playable:
             start = tokenizer.note_token(instrument, 0)
             notes[start : start + 128] = True
         header = kinds == _KIND_IDS["instrument"]
         if allowed_instruments is not None:
-            header = torch.zeros(vocab, dtype=torch.bool)
+            header = np.zeros(vocab, dtype=bool)
             for instrument in playable - {DRUMS.index}:
                 header[tokenizer.instrument_token(instrument)] = True
-        masks = torch.zeros(PHASES, vocab, dtype=torch.bool)
+        masks = np.zeros((PHASES, vocab), dtype=bool)
         masks[EXPECT_TIME] = times
         masks[AFTER_LONG_TIME] = times | (kinds == _KIND_IDS["durvel"])
         masks[AFTER_TIME] = kinds == _KIND_IDS["durvel"]
         masks[AFTER_DURVEL] = notes
         masks[HEADER] = header | times
-        self.masks = masks.to(device)
+        self.masks = masks
         # the phase after each (phase, token): TIME, DURVEL and NOTE set it, other tokens
         # (the header's) keep it
-        moves = torch.arange(PHASES)[:, None].repeat(1, vocab)
+        moves = np.repeat(np.arange(PHASES)[:, None], vocab, axis=1)
         moves[:, times] = AFTER_TIME
         moves[:, self.max_time_token] = AFTER_LONG_TIME
         moves[:, kinds == _KIND_IDS["durvel"]] = AFTER_DURVEL
         moves[:, kinds == _KIND_IDS["note"]] = EXPECT_TIME
-        self.moves = moves.to(device)
+        self.moves = moves
 
-    def advance(self, phase: torch.Tensor, time: torch.Tensor, token: torch.Tensor):
+    def advance(self, phase: np.ndarray, time: np.ndarray, token: np.ndarray):
         """Phase and time (grid steps) after each sequence of the batch emits `token`
         (a TIME token's shift; 0 for the others)."""
         return self.moves[phase, token], time + self.shift[token]
@@ -101,59 +99,79 @@ class Grammar:
         return phase, time
 
 
-def sample(logits: torch.Tensor, allowed: torch.Tensor, options: Sampling,
-           generator: torch.Generator, *,
-           untruncated: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+def sample(logits: np.ndarray, allowed: np.ndarray, options: Sampling,
+           generator: np.random.Generator, *,
+           untruncated: np.ndarray | None = None) -> np.ndarray:
     """One token per row of `logits` (batch, vocab), only among `allowed` (batch, vocab).
     Rows flagged in `untruncated` (batch,) skip top-k and top-p (temperature still applies).
-
-    The numbers come from torch (softmax, running sums, sort, the random draw); the masking,
-    comparisons and look-ups between them run in numpy, which gives the same values and costs
-    a fraction of a torch call on one row."""
-    masked = np.where(allowed.numpy(), logits.float().numpy(), np.float32(-np.inf))
+    The random numbers come from `generator` (one uniform number per row), so a seeded
+    generator draws the same tokens on any machine and thread count."""
+    masked = np.where(allowed, np.asarray(logits, dtype=np.float32), np.float32(-np.inf))
+    # a finished row may have no token left; it draws one anyway (its number is used up as
+    # before), which is never written
+    masked[~np.asarray(allowed).any(axis=-1)] = 0.0
     if options.temperature <= 0:
-        return torch.from_numpy(masked).argmax(dim=-1)
+        return masked.argmax(axis=-1)
     if options.temperature != 1.0:
-        masked = (torch.from_numpy(masked) / options.temperature).numpy()
+        masked /= np.float32(options.temperature)
     if options.top_p < 1.0 or (0 < options.top_k < masked.shape[-1]):
-        flags = [False] if untruncated is None else untruncated.tolist()
-        if not any(flags):
+        flags = np.zeros(len(masked), dtype=bool) if untruncated is None else \
+            np.asarray(untruncated, dtype=bool)
+        if not flags.any():
             masked = sample_logits(masked, options)
-        elif not all(flags):  # else no row is cut: skip the sort
-            cut = ~np.asarray(flags)
-            masked[cut] = sample_logits(masked[cut], options)
-    probs = torch.softmax(torch.from_numpy(masked), dim=-1)
-    # Inverse-CDF draw: one uniform number per row, placed on the running sum of p. With
-    # side="right" the first position whose sum exceeds it has p > 0, so a masked token is
-    # never drawn; the guard covers u rounding up to the total. One random number a row
-    # instead of one a token (the exponential race this replaced drew 2,832 a row and spent
-    # ~170 us a step at batch 4 on them).
-    cdf = probs.cumsum(dim=-1).numpy()
-    u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float32).numpy() * cdf[:, -1:]
-    p, last = probs.numpy(), cdf.shape[-1] - 1
-    tokens = []
-    for row in range(len(p)):
-        token = min(int(np.searchsorted(cdf[row], u[row, 0], side="right")), last)
-        tokens.append(token if p[row, token] > 0 else int(probs[row].argmax()))
-    return torch.from_numpy(np.array(tokens))
+        elif not flags.all():  # else no row is cut: skip the sort
+            masked[~flags] = sample_logits(masked[~flags], options)
+    return draw(softmax(masked), generator.random((len(masked), 1), dtype=np.float32))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities (rows, vocab) of `logits` in float32; -inf gives exactly 0."""
+    exponent = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(exponent, out=exponent)
+    exponent /= exponent.sum(axis=-1, keepdims=True)
+    return exponent
+
+
+def draw(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw: each row's uniform number in [0, 1) (rows, 1), scaled to the row's
+    total, placed on the running sum of its probabilities: the first token whose running sum
+    exceeds it, which has p > 0, so a token of probability 0 is never drawn (past the end,
+    u having rounded up to the total: the last token if it may be drawn, else the likeliest).
+    One random number a row instead of one a token (the exponential race this replaced drew
+    2,832 a row). The running sum skips the tokens of probability 0, most of the vocabulary
+    (adding 0 changes no sum), and is not worth vectorising over rows: numpy's cumsum is a
+    plain loop."""
+    tokens = np.empty(len(probs), dtype=np.int64)
+    last = probs.shape[-1] - 1
+    for row, (p, u) in enumerate(zip(probs, uniform[:, 0])):
+        possible = np.flatnonzero(p)
+        cdf = np.cumsum(p[possible])
+        drawn = int(np.searchsorted(cdf, u * cdf[-1], side="right")) if len(cdf) else 0
+        if drawn < len(possible):
+            tokens[row] = possible[drawn]
+        else:
+            tokens[row] = last if p[last] > 0 else int(p.argmax())
+    return tokens
 
 
 def sample_logits(logits: np.ndarray, options: Sampling) -> np.ndarray:
     """`logits` (rows, vocab) with the tokens outside top-k and the top-p nucleus set to
     -inf."""
     if options.top_k and options.top_k < logits.shape[-1]:
-        kth = torch.topk(torch.from_numpy(logits), options.top_k, dim=-1).values[:, -1:]
-        logits = np.where(logits < kth.numpy(), np.float32(-np.inf), logits)
+        kth = np.partition(logits, -options.top_k, axis=-1)[:, -options.top_k, None]
+        logits = np.where(logits < kth, np.float32(-np.inf), logits)
     if options.top_p < 1.0:
-        sorted_logits, order = torch.sort(torch.from_numpy(logits), dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # keep a token while the tokens before it have not reached top_p (the first always
-        # stays), drop the rest
-        before = probs.cumsum(dim=-1).numpy() - probs.numpy()
+        # most likely first (ties in vocabulary order), among the tokens still allowed (most
+        # are not: sorting only those is several times faster); keep a token while the
+        # probability of the tokens before it has not reached top_p (the first always stays)
         nucleus = np.full(logits.shape, -np.inf, dtype=np.float32)
-        for row, (ranked, reached) in enumerate(zip(order.numpy(), before)):
-            kept = ranked[reached < options.top_p]
-            nucleus[row, kept] = logits[row, kept]
+        for row, values in enumerate(logits):
+            allowed = np.flatnonzero(values > -np.inf)
+            ranked = allowed[np.argsort(-values[allowed], kind="stable")]
+            odds = np.exp(values[ranked] - values[ranked[:1]])  # softmax, not yet divided
+            running = np.cumsum(odds)
+            kept = ranked[running - odds < options.top_p * running[-1:]]
+            nucleus[row, kept] = values[kept]
         logits = nucleus
     return logits
 
@@ -173,7 +191,6 @@ class Steering:
         # requested and still to be heard: the melodic instruments, and drums when asked for
         self.wanted = self.instruments + ([DRUMS.index] if drums else [])
         self.strength = strength
-        # numpy: a torch call on these few numbers costs several times as much
         self.counts = np.zeros((batch, len(INSTRUMENTS)), dtype=np.int64)
         for token in prefix:
             if tokenizer.kind(token) == "note":
@@ -186,22 +203,22 @@ class Steering:
     def active(self) -> bool:
         return self.strength > 0 and bool(self.wanted)
 
-    def apply(self, logits: torch.Tensor, phase) -> torch.Tensor:
+    def apply(self, logits: np.ndarray, phase) -> np.ndarray:
         """`logits` with the bonus on the NOTE tokens of the rows choosing an instrument
-        (`phase`, a list, an array or a tensor, is AFTER_DURVEL)."""
+        (`phase`, a list or an array, is AFTER_DURVEL)."""
         if not self.active:
             return logits
         choosing = [row for row, now in enumerate(phase) if now == AFTER_DURVEL]
         if not choosing:
             return logits
-        steered = logits.numpy().copy()  # the caller's logits stay as they were
+        steered = np.array(logits, dtype=np.float32)  # the caller's logits stay as they were
         strength, start = np.float32(self.strength), self.tokenizer.note_offset
         for row in choosing:
             for instrument, units in enumerate(self.units(self.counts[row].tolist())):
                 if units:  # a float32 (as the logits), exact for a few units
                     first = start + 128 * instrument
                     steered[row, first : first + 128] += units * strength
-        return torch.from_numpy(steered)
+        return steered
 
     def units(self, counts: list[int]) -> list[int]:
         """Each instrument's bonus in units of `strength`, from one row's note `counts`."""
@@ -218,7 +235,7 @@ class Steering:
         return units
 
     def update(self, token) -> None:
-        """Count each row's new NOTE `token` (a tensor or an array)."""
+        """Count each row's new NOTE `token` (an array or a list)."""
         if not self.active:
             return
         note_offset, vocab = self.tokenizer.note_offset, self.tokenizer.vocab_size

@@ -5,6 +5,8 @@ the format version, the model config, the tokenizer config and training info (se
 docs/checkpoint-format.md). Loading never unpickles anything, so a hostile file cannot run
 code; it rebuilds model and tokenizer from the file alone. Every write goes to a temporary
 file beside the target and is renamed over it, so a killed process never leaves half a file.
+Reading weights for generation (`read_weights`) needs numpy only; writing, and reading them
+as torch tensors (training), import torch.
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ import io
 import json
 import os
 import re
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+import numpy as np
 
 from .. import __version__
 from ..atomic_files import atomic_write
 from ..errors import BangerError
-from .network import BUFFERS, MODEL_ARCHITECTURE, ModelConfig
+from .config import BUFFERS, MODEL_ARCHITECTURE, ModelConfig
 from ..midi.tokenizer import TokenizerConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CHECKPOINT_FORMAT = "banger-checkpoint"
 CHECKPOINT_VERSION = 1  # bump on any change to the layout below; old files are refused
 SUFFIX = ".safetensors"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # torch's names for the weights' types in a file
 
 
 def bare_model(model: nn.Module) -> nn.Module:
@@ -69,13 +76,14 @@ def write_checkpoint(
 ) -> Path:
     """Write named weights (floating ones cast to `dtype`, except those named in `keep`,
     the buffers) with their configs and training `info` to `path` atomically."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     if dtype not in DTYPES:
         raise BangerError(f"unknown dtype {dtype!r}", hint=f"choose one of: {', '.join(DTYPES)}")
     tensors = {
-        name: (tensor.to(DTYPES[dtype]) if tensor.is_floating_point() and name not in keep
+        name: (tensor.to(getattr(torch, dtype)) if tensor.is_floating_point() and name not in keep
                else tensor).contiguous().cpu()
         for name, tensor in tensors.items()
     }
@@ -104,16 +112,35 @@ def write_checkpoint(
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and parsed metadata of a checkpoint, or a BangerError saying what is wrong.
-    Reads only safetensors (a JSON header and raw bytes): nothing is unpickled."""
+    """The tensors (torch, as stored) and parsed metadata of a checkpoint, or a BangerError
+    saying what is wrong. Reads only safetensors (a JSON header and raw bytes): nothing is
+    unpickled."""
+    return _read(path, framework="pt")
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """What `read_checkpoint` reads, as numpy arrays with floating ones in float32 (the
+    weights generation runs on), without importing torch."""
+    tensors, meta = _read(path, framework="np")
+    return {name: array.astype(np.float32, copy=False) if array.dtype.kind == "f" else array
+            for name, array in tensors.items()}, meta
+
+
+def _read(path: str | os.PathLike, *, framework: str) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     hint = "pass a .safetensors checkpoint written by `banger train`"
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        with safe_open(str(path), framework=framework, device="cpu") as handle:
             raw = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            names = list(handle.keys())
+            # numpy has no bfloat16: those are read from the (validated) file below
+            late = [name for name in names if framework == "np"
+                    and handle.get_slice(name).get_dtype() == "BF16"]
+            tensors = {name: handle.get_tensor(name) for name in names if name not in late}
+        if late:
+            tensors.update(_bfloat16_as_float32(path, late))
     except FileNotFoundError:
         raise BangerError(f"checkpoint {path} does not exist", hint=hint) from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -140,6 +167,22 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except (KeyError, ValueError) as err:
         raise BangerError(f"{path} has broken metadata ({err})", hint=hint) from None
     return tensors, meta
+
+
+def _bfloat16_as_float32(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """bfloat16 tensors of a file safetensors has already validated, as float32 (a bfloat16
+    is the top half of a float32)."""
+    with open(path, "rb") as file:
+        size = struct.unpack("<Q", file.read(8))[0]
+        header = json.loads(file.read(size))
+        arrays = {}
+        for name in names:
+            begin, end = header[name]["data_offsets"]
+            file.seek(8 + size + begin)
+            half = np.frombuffer(file.read(end - begin), dtype="<u2")
+            arrays[name] = (half.astype(np.uint32) << 16).view(np.float32).reshape(
+                header[name]["shape"])
+    return arrays
 
 
 def check_tokenizer(checkpoint_tokenizer: dict, data_tokenizer: dict, *, where: str) -> None:
@@ -169,6 +212,8 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike, *, 
 def save_training_state(path: str | os.PathLike, state: dict) -> Path:
     """Optimizer state and counters for --resume (tensors, numbers and strings only).
     Serialised in memory first: torch's own file writer reports a full disk without its cause."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getbuffer()))
@@ -176,6 +221,8 @@ def save_training_state(path: str | os.PathLike, state: dict) -> Path:
 
 def load_training_state(path: str | os.PathLike) -> dict:
     """Read what `save_training_state` wrote, with ``weights_only=True`` (no arbitrary objects)."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -1,9 +1,9 @@
 """One worker thread that runs generation jobs one at a time, behind a bounded queue.
 
-torch is not async and one model is in memory, so the page's requests take turns: the event
-loop hands each job to the worker and awaits it, and a request that finds the running job
-plus `max_waiting` others already queued is refused at once (`Busy`) instead of piling up
-memory behind them. The worker is a daemon thread, so Ctrl-C never waits for a long piece.
+Generation is synchronous CPU work and one model is in memory, so the page's requests take
+turns: the event loop hands each job to the worker and awaits it, and a request that finds
+the running job plus `max_waiting` others already queued is refused at once (`Busy`) instead
+of piling up memory behind them. The worker is a daemon thread, so Ctrl-C never waits for a long piece.
 """
 
 from __future__ import annotations
