@@ -237,7 +237,7 @@ def test_near_greedy_generation_equals_an_uncached_greedy_loop(banger):
     """With a vanishing temperature, `generate` (cached, batched, masked) must pick the
     argmax of the plain forward pass over the growing sequence under the same grammar."""
     request = Request(instruments=("piano", "bass"), drums=True, bars=None, tokens=70, seed=0,
-                      temperature=1e-6, top_p=1.0, steer=0.0)
+                      temperature=1e-6, top_p=1.0, steer=0.0, echo=0.0)
     piece = generate(banger, request)[0]
     tokenizer = banger.tokenizer
     header = [Tokenizer.START, Tokenizer.DRUMS_ON, tokenizer.instrument_token(0),

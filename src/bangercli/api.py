@@ -134,7 +134,7 @@ class Banger:
     def generate(self, request: Request | None = None, *, progress=None, **options) -> list[Piece]:
         """Generate pieces in memory: pass a `Request`, or its fields as keyword arguments
         (instruments, only, drums, bars, tokens, variants, seed, bpm, prompt, prompt_bars,
-        temperature, top_p, top_k, steer). Each `Piece` has `.notes`, `.ids` and `.midi`
+        temperature, top_p, top_k, steer, echo). Each `Piece` has `.notes`, `.ids` and `.midi`
         (a mido.MidiFile: `.midi.save(path)`). A bad option raises `UsageError`."""
         if request is None:
             request = Request(**options)

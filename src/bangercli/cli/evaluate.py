@@ -25,6 +25,8 @@ def evaluate(
     bars: int = typer.Option(8, help="Length of the generated (and compared real) pieces; "
                              "structure measures read better over 16."),
     seed: int = typer.Option(0, help="Seed of the generated pieces."),
+    echo: Optional[float] = typer.Option(None, "--echo", help="Echo of the generated pieces, as "
+                                         "in `banger generate` (default: generate's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
 ) -> None:
@@ -47,6 +49,10 @@ def evaluate(
                              hint="a ceiling against runaway work: run several commands")
     if not 0 <= seed < 2**63:
         raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {seed}")
+    if echo is not None:
+        from ..generation.request import Request
+
+        Request(echo=echo)  # checked before the scoring, which may take minutes
     if split not in SPLITS:
         raise UsageError(f"unknown --split {split!r}", hint=f"choose one of: {', '.join(SPLITS)}")
     check_model_name(model)
@@ -63,7 +69,7 @@ def evaluate(
         with Progress("generating", quiet=quiet) as update:
             music = evaluate_music(banger, samples=samples, bars=bars, seed=seed,
                                    data_dir=data_dir, split=split, max_pieces=max_pieces,
-                                   progress=update)
+                                   echo=echo, progress=update)
         report["music"] = music.to_json()
         if not quiet:
             _print_music(report["music"])

@@ -37,6 +37,9 @@ def generate(
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens (0 = off)."),
     steer: float = typer.Option(3.0, "--steer", help="Logit bonus for requested instruments "
                                 "while missing or behind the lead (0 = off)."),
+    echo: Optional[float] = typer.Option(None, "--echo", help="Memory: the share of each choice "
+                               "that follows what the piece (prompt included) did before at the "
+                               "same point, so riffs come back (0 = the model alone, at most 0.9) [0.5]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a fresh one, "
                                        "printed in the results)."),
     bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo (default: the prompt's, or 120)."),
@@ -92,6 +95,7 @@ def generate(
         variants=variants, seed=secrets.randbelow(1_000_000) if seed is None else seed, bpm=bpm,
         prompt=prompt, prompt_bars=prompt_bars, temperature=temperature, top_p=top_p,
         top_k=top_k, steer=steer, add=tuple(add), rewrite=rewrite, let_rest=let_rest,
+        **({} if echo is None else {"echo": echo}),
     )
     from ..generation.save import check_template, save_pieces
 

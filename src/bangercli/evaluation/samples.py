@@ -137,10 +137,12 @@ def header_request(header: Header) -> tuple[tuple[str, ...], bool | None]:
 def evaluate_music(banger, *, samples: int, bars: int = 8, seed: int = 0,
                    conditions: dict[str, dict] | None = None, data_dir=None,
                    split: str = "validation", max_pieces: int | None = None,
-                   progress=None) -> MusicEvaluation:
+                   echo: float | None = None, progress=None) -> MusicEvaluation:
     """Generate `samples` pieces per condition and check them; with `data_dir`, also compare
     up to 4 x `samples` real pieces of the split with pieces generated from their headers,
-    and continue the 4-bar openings of up to 2 x `samples` real pieces."""
+    and continue the 4-bar openings of up to 2 x `samples` real pieces. `echo` overrides
+    the generation default (generation/echo.py) for every request."""
+    extra = {} if echo is None else {"echo": echo}
     conditions = conditions or DEFAULT_CONDITIONS
     steps_per_bar = banger.tokenizer.config.steps_per_bar
     groups: dict[tuple, list] = {}  # header request -> real pieces' notes
@@ -165,20 +167,21 @@ def evaluate_music(banger, *, samples: int, bars: int = 8, seed: int = 0,
 
     result = MusicEvaluation()
     _measure_conditions(banger, result, conditions, samples=samples, bars=bars, seed=seed,
-                        step=step)
+                        step=step, extra=extra)
     if groups:
-        _measure_matched(banger, result, groups, bars=bars, seed=seed, step=step)
+        _measure_matched(banger, result, groups, bars=bars, seed=seed, step=step, extra=extra)
     if prompts:
-        _measure_continuations(banger, result, prompts, seed=seed, step=step)
+        _measure_continuations(banger, result, prompts, seed=seed, step=step, extra=extra)
     return result
 
 
 def _measure_conditions(banger, result: MusicEvaluation, conditions: dict[str, dict], *,
-                        samples: int, bars: int, seed: int, step) -> None:
+                        samples: int, bars: int, seed: int, step,
+                        extra: dict | None = None) -> None:
     steps_per_bar = banger.tokenizer.config.steps_per_bar
     all_rows, structures = [], []
     for number, (name, options) in enumerate(conditions.items()):
-        request = Request(bars=bars, variants=samples, seed=seed + number, **options)
+        request = Request(bars=bars, variants=samples, seed=seed + number, **{**(extra or {}), **options})
         pieces = generate(banger, request)
         wanted = [instrument_named(i).index for i in request.instruments]
         drums = request.drums or (DRUMS.index in wanted and request.drums is None)
@@ -201,7 +204,7 @@ def _measure_conditions(banger, result: MusicEvaluation, conditions: dict[str, d
 
 
 def _measure_matched(banger, result: MusicEvaluation, groups: dict[tuple, list], *,
-                     bars: int, seed: int, step) -> None:
+                     bars: int, seed: int, step, extra: dict | None = None) -> None:
     steps_per_bar = banger.tokenizer.config.steps_per_bar
     grid = dict(steps_per_bar=steps_per_bar, bars=bars)
     rows: dict[str, list] = {"real": [], "generated": []}
@@ -211,7 +214,7 @@ def _measure_matched(banger, result: MusicEvaluation, groups: dict[tuple, list],
         for first in range(0, len(real), MAX_VARIANTS):  # a big group: several requests
             request = Request(instruments=names, drums=drums, only=bool(names), bars=bars,
                               variants=min(MAX_VARIANTS, len(real) - first),
-                              seed=seed + MATCHED_SEED + number + first)
+                              seed=seed + MATCHED_SEED + number + first, **(extra or {}))
             generated += [piece.notes for piece in generate(banger, request)]
         for kind, pieces in (("real", real), ("generated", generated)):
             rows[kind] += [piece_metrics(notes, **grid) for notes in pieces]
@@ -236,7 +239,8 @@ def continuable(pieces: list[tuple[Header, list[Note]]], *, steps_per_bar: int
 
 
 def _measure_continuations(banger, result: MusicEvaluation,
-                           prompts: list[tuple[Header, list[Note]]], *, seed: int, step) -> None:
+                           prompts: list[tuple[Header, list[Note]]], *, seed: int, step,
+                           extra: dict | None = None) -> None:
     """Each real opening continued by the model (with its header's request), beside the real
     piece's own next bars; both measured against the opening."""
     tokenizer = banger.tokenizer
@@ -248,7 +252,8 @@ def _measure_continuations(banger, result: MusicEvaluation,
         names, drums = header_request(header)
         request = Request(instruments=names, drums=drums, only=bool(names),
                           bars=CONTINUED_BARS, prompt=tokenizer.to_midi(Score(notes=prompt)),
-                          prompt_bars=PROMPT_BARS, seed=seed + CONTINUED_SEED + number)
+                          prompt_bars=PROMPT_BARS, seed=seed + CONTINUED_SEED + number,
+                          **(extra or {}))
         piece = generate(banger, request)[0]
         for kind, continued in (("real", notes), ("generated", piece.notes)):
             rows[kind].append(continuation_metrics(

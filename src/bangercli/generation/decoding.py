@@ -24,6 +24,7 @@ from ..midi.tokenizer import Tokenizer
 from ..model.decoder import one_thread
 from .accompany import Accompaniment
 from .band import KeepPlaying, Region
+from .echo import Echo
 from .forcing import Forcing
 from .sampling import (
     AFTER_DURVEL, AFTER_LONG_TIME, AFTER_TIME, EXPECT_TIME, HEADER, PHASES, Grammar, Sampling,
@@ -60,6 +61,7 @@ class Plan:
     tokens: int | None  # --tokens budget
     sampling: Sampling
     steer: float
+    echo: float = 0.0  # share of each choice that follows what the piece did before (echo.py)
     along: Accompaniment | None = None  # --add/--rewrite: the prompt's notes still to come
     keep_playing: tuple[Region, ...] = ()  # parts that play in every 4 bars (band.py)
 
@@ -120,6 +122,7 @@ class Batch:
             drums = DRUMS.index in plan.along.new_parts
         self.steering = Steering(tokenizer, wanted, strength=plan.steer, batch=batch,
                                  prefix=[], drums=drums)
+        self.echo = Echo(tokenizer, weight=plan.echo, batch=batch, prefix=self.rows[0])
         self.chord = [0] * batch  # notes so far at each row's onset
         # NOTE tokens already played at each row's current onset: a second one would be the
         # same note again (decoding merges them), and a model repeating itself there piled up
@@ -170,6 +173,7 @@ class Batch:
         logits = self.steering.apply(self.logits, self.phase)
         if self.forcing:
             logits = self.forcing.bias(logits, *self._arrays("phase", "time"))
+        logits = self.echo.mix(logits, allowed)
         return sample(logits, allowed, self.plan.sampling, self.generator,
                       untruncated=TIMING[self.phase])
 
@@ -183,6 +187,7 @@ class Batch:
             self.forcing.advance(kept & ~done, token, phases, times)
             counted = np.where(kept, Tokenizer.PAD, tokens).tolist()
         self.steering.update(counted)
+        self.echo.update(tokens)
         for rule in self.rules:
             times, done = self._arrays("time", "done")
             rule.update(np.array(counted), times, ~done)

@@ -87,7 +87,8 @@ def _plan(tokenizer: Tokenizer, request: Request) -> tuple[Plan, float, _Prompt 
         drums = True
     header_plan = Plan(prefix=[], instruments=instruments, drums=drums, only=request.only,
                        start=0, limit=None if request.tokens else request.bars * steps_per_bar,
-                       tokens=request.tokens, sampling=request.sampling, steer=request.steer)
+                       tokens=request.tokens, sampling=request.sampling, steer=request.steer,
+                       echo=request.echo)
     if request.prompt is None:
         return replace(header_plan, prefix=_header(tokenizer, drums=drums, instruments=instruments)), \
             request.bpm or DEFAULT_BPM, None

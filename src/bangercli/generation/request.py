@@ -27,6 +27,8 @@ BPM_RANGE = (10, 400)
 TEMPERATURE_RANGE = (1e-30, 1e38)
 TOP_P_LEAST = 1e-6
 STEER_RANGE = (0, 10)
+ECHO_MOST = 0.9  # the rest is always the model's: at 1 a new point could never follow another
+DEFAULT_ECHO = 0.5  # chosen by measurement: docs/generation.md "Echo"
 # Ceilings, so that a page or a script cannot start practically endless work by accident
 # (a typo of -n 1000000000). 256 bars are 8.5 minutes at 120 bpm.
 MAX_BARS = 256
@@ -54,6 +56,7 @@ class Request:
     top_p: float = 0.95  # nucleus sampling mass for the note choice, in (0, 1]
     top_k: int = 0  # sample the note among the k likeliest (0 = off)
     steer: float = 3.0  # logit bonus for requested instruments that are missing or behind (0 = off)
+    echo: float = DEFAULT_ECHO  # share of a choice that follows what the piece did at the same point (0 = off)
 
     def __post_init__(self) -> None:
         instruments = self.instruments
@@ -127,6 +130,9 @@ class Request:
         if not STEER_RANGE[0] <= self.steer <= STEER_RANGE[1]:
             raise UsageError(f"--steer must be between {STEER_RANGE[0]} and {STEER_RANGE[1]}, "
                              f"got {self.steer}")
+        if not 0 <= self.echo <= ECHO_MOST:
+            raise UsageError(f"--echo must be between 0 and {ECHO_MOST}, got {self.echo}",
+                             hint="0 is the model alone; 0.2-0.5 brings the riffs back")
         check_seed(self.seed)
 
 
@@ -204,7 +210,7 @@ def _bar_range(value) -> tuple[int, int] | None:
 
 # The type each field must have; `None` is allowed where the default is None.
 _INTEGERS = ("bars", "tokens", "variants", "seed", "prompt_bars", "top_k")
-_NUMBERS = ("bpm", "temperature", "top_p", "steer")
+_NUMBERS = ("bpm", "temperature", "top_p", "steer", "echo")
 _FLAGS = ("only", "drums", "let_rest")
 _FLAG_NAMES = {"let_rest": "--let-rest", "tokens": "--tokens", "variants": "--variants", "seed": "--seed", "bpm": "--bpm",
                "prompt_bars": "--prompt-bars", "top_k": "--top-k", "top_p": "--top-p"}
