@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bangercli.api import load_model  # noqa: E402
 from bangercli.generation import decoding  # noqa: E402
+from bangercli.generation.echo import Echo  # noqa: E402
 from bangercli.generation.generate import Request, generate  # noqa: E402
 from bangercli.generation.sampling import Grammar, Sampling, sample  # noqa: E402
 from bangercli.generation.save import save_pieces  # noqa: E402
@@ -156,7 +157,8 @@ def where_time_goes(banger) -> None:
     timed(FastDecoder, "step", "decoder step")
     timed(FastDecoder, "prefill", "prefill (start and each re-window)")
     timed(decoding.Batch, "allowed", "masks (grammar, band, chord, forcing)")
-    timed(decoding.Batch, "draw", "draw (steering, top-p, sampling)")
+    timed(decoding.Batch, "draw", "draw (steering, echo, top-p, sampling)")
+    timed(Echo, "mix", "echo")  # inside the draw: reported, not added up
     timed(decoding.Batch, "advance", "advance (phase, time, bookkeeping)")
     try:
         start = time.perf_counter()
@@ -167,8 +169,11 @@ def where_time_goes(banger) -> None:
             setattr(owner, name, original)
     tokens = len(pieces[0].ids)
     print(f"\n{'where a token goes (16 bars, seed 1)':<44}{'us/token':>10}{'share':>8}")
+    echo = spent.pop("echo", 0.0)
     for label, seconds in sorted(spent.items(), key=lambda item: -item[1]):
         print(f"{label:<44}{seconds / tokens * 1e6:>10.0f}{seconds / total:>8.0%}")
+        if label.startswith("draw"):
+            print(f"{'  of which echo':<44}{echo / tokens * 1e6:>10.0f}{echo / total:>8.0%}")
     rest = total - sum(spent.values())
     print(f"{'the rest (decode to notes, MIDI, loop)':<44}{rest / tokens * 1e6:>10.0f}"
           f"{rest / total:>8.0%}")
@@ -187,6 +192,14 @@ def in_process(banger, repeat: int) -> None:
                 walls.append(time.perf_counter() - start)
         wall = min(walls)
         print(f"{label:<44}{wall:>8.2f}{pieces[0].seconds / wall:>12.1f}")
+    for label, echo in (("per token, seeds 1-4, default echo", None), ("the same, --echo 0", 0.0)):
+        tokens, wall = 0, 0.0
+        for seed in range(1, 5):
+            options = {**BARS16, "seed": seed, **({} if echo is None else {"echo": echo})}
+            start = time.perf_counter()
+            tokens += len(generate(banger, Request(**options))[0].ids)
+            wall += time.perf_counter() - start
+        print(f"{label:<44}{wall / tokens * 1e6:>8.0f} us   ({tokens} tokens, {wall:.1f} s)")
     single = best_of(repeat, lambda: generate(banger, Request(**BARS16)))
     start = time.perf_counter()
     pieces = generate(banger, Request(**{**BARS16, "variants": 16}))

@@ -278,6 +278,8 @@ ROWS = [
     row("generate --steer -1", ["--steer", "-1"], 2, "--steer must be between 0 and 10, got -1.0"),
     row("generate --steer 11", ["--steer", "11"], 2, "--steer must be between 0 and 10, got 11.0"),
     row("generate --steer nan", ["--steer", "nan"], 2, "--steer must be a finite number, got nan"),
+    row("generate --echo 1", ["--echo", "1"], 2, "--echo must be between 0 and 0.9, got 1.0"),
+    row("generate --echo -0.1", ["--echo", "-0.1"], 2, "--echo must be between 0 and 0.9, got -0.1"),
     row("generate --seed -1", ["--seed", "-1"], 2,
         "--seed must be between 0 and 2**63 - 1, got -1"),
     row(f"generate --seed {HUGE}", ["--seed", HUGE], 2, "--seed must be between 0 and 2**63 - 1"),

@@ -28,7 +28,7 @@ TEMPERATURE_RANGE = (1e-30, 1e38)
 TOP_P_LEAST = 1e-6
 STEER_RANGE = (0, 10)
 ECHO_MOST = 0.9  # the rest is always the model's: at 1 a new point could never follow another
-DEFAULT_ECHO = 0.5  # chosen by measurement: docs/generation.md "Echo"
+DEFAULT_ECHO = 0.6  # chosen by measurement: docs/generation.md "Echo"
 # Ceilings, so that a page or a script cannot start practically endless work by accident
 # (a typo of -n 1000000000). 256 bars are 8.5 minutes at 120 bpm.
 MAX_BARS = 256

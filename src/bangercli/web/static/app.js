@@ -82,7 +82,7 @@ function readOptions() {
     temperature: Number($("temperature").value),
     top_p: number("top-p") ?? 0.95,
     top_k: number("top-k") ?? 0,
-    echo: number("echo") ?? 0.5,
+    echo: number("echo") ?? 0.6,
     seed: $("random").checked ? null : number("seed"),
   };
   options[$("unit").value] = number("length");
