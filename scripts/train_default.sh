@@ -22,6 +22,11 @@ DATA=${DATA:-data/default}
 RUN=${RUN:-runs/default}
 MODEL=src/bangercli/weights/default.safetensors
 
+float16() {  # SOURCE TARGET: a checkpoint with float16 weights (loads back as float32)
+  python -c 'import sys; from bangercli.model.checkpoint import convert_checkpoint
+convert_checkpoint(sys.argv[1], sys.argv[2], dtype="float16")' "$1" "$2"
+}
+
 banger preprocess "$CORPUS" --out "$DATA" --force --quiet
 
 RECIPE=(--preset small --dim 192 --depth 4 --heads 3 --dim-head 64 --seq-len 512
@@ -60,21 +65,13 @@ banger train "$DATA" --out "$RUN-2048" --force --init "$RUN-init-2048.safetensor
 # lower learning rate with piano pop back to weight 1 (experiments/phase4/README.md, run A).
 # The shipped run's cosine was aimed at 900 steps and re-aimed to 300 at step 125; its last
 # checkpoint (step 300) ships.
-python - "$RUN-2048/best.safetensors" "$RUN-phase3.safetensors" <<'PY'
-import sys
-from bangercli.model.checkpoint import convert_checkpoint
-convert_checkpoint(sys.argv[1], sys.argv[2], dtype="float16")
-PY
+float16 "$RUN-2048/best.safetensors" "$RUN-phase3.safetensors"
 banger train "$DATA" --out "$RUN-phase4" --force --init "$RUN-phase3.safetensors" \
   --batch-size 4 --lr 2e-4 --warmup-steps 20 --schedule cosine --max-steps 300 --epochs 50 \
   --mix freedoom=3,easyrpg=3,simutrans=3,pop909=1 --revoice 0.3 --seed 2 \
   --val-every 100 --val-windows 48 --save-every 25 --quiet
 
 # Ship the last checkpoint as float16 (half the size; loads back as float32).
-python - "$RUN-phase4/last.safetensors" "$MODEL" <<'PY'
-import sys
-from bangercli.model.checkpoint import convert_checkpoint
-convert_checkpoint(sys.argv[1], sys.argv[2], dtype="float16")
-PY
+float16 "$RUN-phase4/last.safetensors" "$MODEL"
 banger evaluate "$MODEL" "$DATA" --samples 6 --bars 16 --json > "$RUN/evaluation.json"
 echo "$MODEL"
