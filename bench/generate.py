@@ -44,7 +44,7 @@ from bangercli.generation.sampling import Grammar, Sampling, sample  # noqa: E40
 from bangercli.generation.save import save_pieces  # noqa: E402
 from bangercli.midi.tokenizer import Tokenizer  # noqa: E402
 from bangercli.model import decoder as decoder_module  # noqa: E402
-from bangercli.model.decoder import FastDecoder, one_thread  # noqa: E402
+from bangercli.model.decoder import FastDecoder, column_ranges, one_thread  # noqa: E402
 
 BARS16 = dict(instruments=("guitar",), drums=True, bars=16, seed=1)
 PARTS = ("decoders", "prefill", "where", "in-process", "cold")
@@ -76,10 +76,14 @@ def ours(decoder: FastDecoder, grammar: Grammar, prompt: np.ndarray, tokens: int
     phase = np.zeros(batch, dtype=np.int64)
     time_ = np.zeros(batch, dtype=np.int64)
     options = Sampling(temperature=1.0, top_p=0.95)
+    columns = {}  # as generation does: only the logits the grammar lets the next draw choose
     for _ in range(tokens):
         token = sample(logits, grammar.masks[phase], options, generator)
         phase, time_ = grammar.advance(phase, time_, token)
-        logits = decoder.step(token)
+        key = tuple(phase.tolist())
+        if key not in columns:
+            columns[key] = column_ranges(grammar.masks[phase].any(axis=0))
+        logits = decoder.step(token, columns[key])
 
 
 def decoders(banger, tokens: int, repeat: int) -> None:

@@ -9,7 +9,8 @@ import torch
 from bangercli.api import Banger
 from bangercli.errors import UsageError
 from bangercli.evaluation.structure import material_reuse
-from bangercli.generation.echo import Echo, PieceMemory, echo_probabilities
+from bangercli.generation.echo import (BarMemory, Echo, PieceMemory, bar_probabilities,
+                                      echo_probabilities)
 from bangercli.generation.generate import generate
 from bangercli.generation.request import Request
 from bangercli.midi.instruments import DRUMS, instrument_named
@@ -69,7 +70,7 @@ def test_the_memory_knows_what_followed_the_same_point_of_the_bar(tokenizer):
 
 def test_the_mixture_only_reweights_allowed_tokens_of_rows_at_a_known_point(tokenizer):
     prefix = riff(tokenizer, 2) + [tokenizer.time_token(8)]
-    echo = Echo(tokenizer, weight=0.5, batch=2, prefix=prefix, orders=(3,))
+    echo = Echo(tokenizer, weight=0.5, batch=2, prefix=prefix, orders=(3,), trust_power=None)
     echo.memories[1].add(tokenizer.time_token(1))  # row 1 moves somewhere new
     logits = np.zeros((2, tokenizer.vocab_size), dtype=np.float32)
     allowed = np.zeros_like(logits, dtype=bool)
@@ -90,7 +91,85 @@ def test_the_mixture_only_reweights_allowed_tokens_of_rows_at_a_known_point(toke
     allowed[0, known] = False
     assert (echo.mix(logits, allowed)[0] == 0).all()
     off = Echo(tokenizer, weight=0, batch=2, prefix=prefix)
-    assert off.mix(logits, allowed) is logits and not off.memories
+    assert off.mix(logits, allowed) is logits and not off.memories and not off.bars
+
+
+def test_the_bar_echo_guesses_what_the_piece_played_bars_ago_and_trusts_the_lags_that_hit(
+        tokenizer):
+    memory = BarMemory(tokenizer, lags=(1, 2))
+    for token in looped_riff(tokenizer, 2):
+        memory.add(token)
+    assert memory.time == BAR + 22 and memory.expect == "time"
+    # one bar ago, after the note at 22 came the next bar's downbeat: TIME(10); two bars ago
+    # is before the piece began
+    assert memory.guesses == [tokenizer.time_token(10), -1]
+    # lag 1 guessed right each of bar 2's tokens after its first TIME (taken at time 22,
+    # when one bar ago was before the piece): 17 hits from trust 0
+    hit_every_time = 1 - 0.9 ** 17
+    assert memory.trust == pytest.approx([hit_every_time, 0.0])
+    votes, trust = memory.votes()
+    assert votes == {tokenizer.time_token(10): 1.0} and trust == pytest.approx(hit_every_time)
+    for token, kind in ((tokenizer.time_token(10), "durvel"),
+                        (tokenizer.durvel_token(2, 5), "note")):
+        memory.add(token)
+        assert memory.expect == kind
+    assert memory.guesses[0] == tokenizer.note_token(GUITAR, 40)
+    # a lag that misses loses trust; two notes at one onset: the second is guessed too
+    memory.add(tokenizer.note_token(GUITAR, 41))
+    assert memory.trust[0] < hit_every_time
+    # notes that began together line up by the chord order (the header's instruments, drums
+    # last; high to low), not by count: bar 1 has guitar, bass and a kick on its downbeat,
+    # bar 2 begins with the bass alone, so the kick is what comes next, not the bass again
+    bass = instrument_named("bass").index
+    chord = BarMemory(tokenizer, lags=(1,))
+    downbeat = [(GUITAR, 52, 3), (bass, 40, 4), (DRUMS.index, 36, 6)]
+    for token in [Tokenizer.START, Tokenizer.DRUMS_ON, tokenizer.instrument_token(GUITAR),
+                  tokenizer.instrument_token(bass)]:
+        chord.add(token)
+    for instrument, pitch, length in downbeat:
+        chord.add(tokenizer.time_token(0))
+        chord.add(tokenizer.durvel_token(length, 5))
+        chord.add(tokenizer.note_token(instrument, pitch))
+    chord.add(tokenizer.time_token(BAR))
+    assert chord.guesses == [tokenizer.durvel_token(3, 5)]  # the guitar's, first in order
+    for token in (tokenizer.durvel_token(4, 5), tokenizer.note_token(bass, 40)):
+        chord.add(token)
+    assert chord.guesses == [tokenizer.time_token(0)]  # another note began there: shift 0
+    chord.add(tokenizer.time_token(0))
+    assert chord.guesses == [tokenizer.durvel_token(6, 5)]  # the kick's
+    chord.add(tokenizer.durvel_token(6, 5))
+    assert chord.guesses == [tokenizer.note_token(DRUMS.index, 36)]
+    chord.add(tokenizer.note_token(DRUMS.index, 36))
+    assert chord.guesses == [tokenizer.time_token(BAR)]  # nothing after the kick: next onset
+    twin = chord.copy()
+    twin.add(tokenizer.time_token(0))
+    assert chord.expect == "time" and twin.expect == "durvel"  # copies are independent
+    assert len(chord.groups[BAR]) == 2 and twin.guesses != chord.guesses
+    # on a loop, the bar echo is sure from its first hit (bar 2's second token) on: a lag
+    # that has never hit has no say
+    p, trust = bar_probabilities(looped_riff(tokenizer, 3), tokenizer)
+    assert (p[:20] == 0).all() and (p[20:] == 1).all() and trust[-1] > trust[20] > 0
+
+
+def test_the_bar_echo_mixes_at_the_echos_weight_times_its_trust(tokenizer):
+    prefix = looped_riff(tokenizer, 3)
+    # points of 60 tokens are never heard twice in three bars: only the bar echo speaks
+    echo = Echo(tokenizer, weight=0.5, batch=1, prefix=prefix, orders=(60,), trust_power=1)
+    assert echo.memories[0].next_counts() == (None, 0)
+    logits = np.zeros((1, tokenizer.vocab_size), dtype=np.float32)
+    allowed = np.zeros_like(logits, dtype=bool)
+    allowed[:, tokenizer.time_offset:tokenizer.durvel_offset] = True
+    p = np.exp(echo.mix(logits, allowed)[0][allowed[0]].astype(np.float64))
+    p /= p.sum()
+    _, trust = echo.bars[0].votes()
+    w = 0.5 * trust
+    assert 0.4 < w < 0.5
+    assert p[10] == pytest.approx(w + (1 - w) / allowed.sum(), rel=1e-5)  # TIME(10)
+    assert np.delete(p, 10) == pytest.approx((1 - w) / allowed.sum(), rel=1e-5)
+    cube = Echo(tokenizer, weight=0.5, batch=1, prefix=prefix, orders=(60,), trust_power=3)
+    q = np.exp(cube.mix(logits, allowed)[0][allowed[0]].astype(np.float64))
+    assert q[10] / q.sum() == pytest.approx(0.5 * trust ** 3 + (1 - 0.5 * trust ** 3)
+                                            / allowed.sum(), rel=1e-5)
 
 
 def looped_riff(tokenizer: Tokenizer, bars: int) -> list[int]:

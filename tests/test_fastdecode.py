@@ -154,6 +154,24 @@ def test_a_long_padded_prefill_in_pieces_matches(model):
     assert_close(logits[1], reference_logits(model, prompts[1] + [9]))
 
 
+def test_a_step_can_work_out_only_the_columns_the_draw_may_choose(model):
+    """The same logits in the ranges asked for (to rounding: BLAS may sum a narrower product
+    in another order), -inf elsewhere, and all of them on demand."""
+    prompt = random_ids(40, seed=7)
+    twins = [FastDecoder.from_model(model, CONFIG) for _ in range(2)]
+    for decoder in twins:
+        decoder.prefill(np.array([prompt]), np.ones((1, 40), dtype=bool), 64)
+    every = twins[0].step(np.array([3]))
+    ranges = ((5, 9), (20, 21), (every.shape[1] - 7, every.shape[1]))
+    some = twins[1].step(np.array([3]), ranges)
+    inside = np.zeros(every.shape[1], dtype=bool)
+    for start, stop in ranges:
+        inside[start:stop] = True
+    assert_close(some[:, inside], every[:, inside])
+    assert np.isneginf(some[:, ~inside]).all()
+    assert np.array_equal(twins[1].full_logits(), every)
+
+
 def test_cached_greedy_decoding_equals_uncached(model):
     """Greedy continuation of two prompts of different lengths, batched and cached, equals the
     plain forward pass re-run on the growing sequence, token for token."""

@@ -11,7 +11,7 @@ import torch
 from bangercli.api import load_model
 from bangercli.model.checkpoint import save_checkpoint
 from bangercli.evaluation.samples import (
-    MATCHED_PER_SAMPLE, evaluate_music, header_request, real_pieces, spread,
+    MATCHED_PER_SAMPLE, evaluate_music, header_request, prompt_request, real_pieces, spread,
 )
 from bangercli.midi.instruments import DRUMS, instrument_named
 from bangercli.evaluation.metrics import (
@@ -122,6 +122,16 @@ def test_a_header_asks_for_its_instruments_lead_first_and_its_drums_flag():
     assert header_request(Header(drums=False)) == ((), False)
     # a drum track alone asks for drums only, not for drums and whatever band the model adds
     assert header_request(Header(drums=True)) == (("drums",), True)
+
+
+def test_a_prompt_is_continued_with_its_own_parts_not_the_whole_pieces():
+    tokenizer = Tokenizer()
+    prompt = ([Note(i, 4, BASS, 40, 5) for i in range(0, 32, 8)]
+              + [Note(i, 4, PIANO, 60, 5) for i in range(0, 32, 4)]
+              + [Note(0, 1, DRUMS.index, 36, 5)])
+    assert prompt_request(tokenizer, prompt) == (("piano", "bass"), True)  # lead first
+    assert prompt_request(tokenizer, prompt[:4]) == (("bass",), False)
+    assert prompt_request(tokenizer, prompt[-1:]) == (("drums",), True)
 
 
 @pytest.fixture(scope="module")

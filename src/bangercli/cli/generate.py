@@ -39,7 +39,8 @@ def generate(
                                 "while missing or behind the lead (0 = off)."),
     echo: Optional[float] = typer.Option(None, "--echo", help="Memory: the share of each choice "
                                "that follows what the piece (prompt included) did before at the "
-                               "same point, so riffs come back (0 = the model alone, at most 0.9) [0.6]."),
+                               "same point and 1-8 bars ago, so riffs come back (0 = the model "
+                               "alone, at most 0.9) [0.6]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a fresh one, "
                                        "printed in the results)."),
     bpm: Optional[float] = typer.Option(None, "--bpm", help="Tempo (default: the prompt's, or 120)."),

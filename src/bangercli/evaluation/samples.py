@@ -134,6 +134,16 @@ def header_request(header: Header) -> tuple[tuple[str, ...], bool | None]:
     return names, header.drums
 
 
+def prompt_request(tokenizer, prompt: list[Note]) -> tuple[tuple[str, ...], bool]:
+    """The request of a musician continuing `prompt`: its own parts (lead first) with
+    --only, drums when it has drums. The piece's header would also name the parts that enter
+    after the prompt, and asking for them makes the model bring them in at once."""
+    ids = tokenizer.header(prompt)
+    names = tuple(INSTRUMENTS[t - tokenizer.instrument_offset].name for t in ids[2:])
+    drums = ids[1] == tokenizer.DRUMS_ON
+    return (names or ((DRUMS.name,) if drums else ())), drums
+
+
 def evaluate_music(banger, *, samples: int, bars: int = 8, seed: int = 0,
                    conditions: dict[str, dict] | None = None, data_dir=None,
                    split: str = "validation", max_pieces: int | None = None,
@@ -241,15 +251,16 @@ def continuable(pieces: list[tuple[Header, list[Note]]], *, steps_per_bar: int
 def _measure_continuations(banger, result: MusicEvaluation,
                            prompts: list[tuple[Header, list[Note]]], *, seed: int, step,
                            extra: dict | None = None) -> None:
-    """Each real opening continued by the model (with its header's request), beside the real
-    piece's own next bars; both measured against the opening."""
+    """Each real opening continued by the model (with the opening's own parts: see
+    prompt_request), beside the real piece's own next bars; both measured against the
+    opening."""
     tokenizer = banger.tokenizer
     steps_per_bar = tokenizer.config.steps_per_bar
     split_at = PROMPT_BARS * steps_per_bar
     rows: dict[str, list] = {"real": [], "generated": []}
     for number, (header, notes) in enumerate(prompts):
         prompt = [n for n in notes if n.start < split_at]
-        names, drums = header_request(header)
+        names, drums = prompt_request(tokenizer, prompt)
         request = Request(instruments=names, drums=drums, only=bool(names),
                           bars=CONTINUED_BARS, prompt=tokenizer.to_midi(Score(notes=prompt)),
                           prompt_bars=PROMPT_BARS, seed=seed + CONTINUED_SEED + number,

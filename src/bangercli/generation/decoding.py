@@ -21,7 +21,7 @@ import numpy as np
 
 from ..midi.instruments import DRUMS, INSTRUMENTS
 from ..midi.tokenizer import Tokenizer
-from ..model.decoder import one_thread
+from ..model.decoder import column_ranges, one_thread
 from .accompany import Accompaniment
 from .band import KeepPlaying, Region
 from .echo import Echo
@@ -107,6 +107,9 @@ class Batch:
             phase = EXPECT_TIME
         self.band = self._band_of(self.rows[0], batch)
         self.band_mask = in_band(self.band, self.drums_on, tokenizer)
+        self.band_version = 0  # counts the band's changes: the column cache's key
+        self.column_cache: dict[tuple, tuple] = {}
+        self.columns = None  # (ranges, mask) of the logits the last step worked out
         self.header_open = phase == HEADER  # no row goes back to the header once it leaves it
         self.phase, self.time, self.done = [phase] * batch, [time] * batch, [False] * batch
         self.budget = plan.tokens if plan.tokens else 1 << 30
@@ -161,6 +164,9 @@ class Batch:
             allowed = self.forcing.restrict(allowed, *self._arrays("phase", "time", "done"))
         for rule in self.rules:  # after the kept notes: the rule yields to them
             allowed = rule.restrict(allowed, *self._arrays("time", "done"))
+        if self.columns is not None and (allowed & ~self.columns[1]).any():
+            self.logits = self.decoder.full_logits()  # not expected: a safety net
+            self.columns = None
         has_token = allowed.any(axis=1).tolist()
         if not all(has or done for has, done in zip(has_token, self.done)):  # would sample
             raise RuntimeError("internal error: a sequence has no allowed next token")  # nothing
@@ -170,10 +176,12 @@ class Batch:
         """One token per row. Top-k/top-p cut a distribution's tail; for TIME and DURVEL
         tokens the tail is the rests and the long notes, and cutting it made pieces about
         twice as dense as the model's own (docs/generation.md): only the NOTE choice is cut."""
-        logits = self.steering.apply(self.logits, self.phase)
+        # echo first: steering and the kept notes' bias act on the mixture, so that a
+        # confident echo does not water down the request
+        logits = self.echo.mix(self.logits, allowed)
+        logits = self.steering.apply(logits, self.phase)
         if self.forcing:
             logits = self.forcing.bias(logits, *self._arrays("phase", "time"))
-        logits = self.echo.mix(logits, allowed)
         return sample(logits, allowed, self.plan.sampling, self.generator,
                       untruncated=TIMING[self.phase])
 
@@ -215,9 +223,24 @@ class Batch:
 
     def next_logits(self, token: np.ndarray) -> None:
         if self.decoder.length >= self.window:
-            self.logits = self._rewindow()
+            self.logits, self.columns = self._rewindow(), None
         else:
-            self.logits = self.decoder.step(token)
+            self.columns = None if self.forcing else self._columns()
+            self.logits = self.decoder.step(
+                token, None if self.columns is None else self.columns[0])
+
+    def _columns(self) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
+        """The vocabulary ranges the next draw can choose from (the grammar's phase and the
+        band, before the narrower rules), and the same as a mask: the decoder works out only
+        those logits (a TIME is one of 256 tokens of 2,832). Kept per phases and band."""
+        key = (tuple(self.phase), self.band_version)
+        found = self.column_cache.get(key)
+        if found is None:
+            mask = (self.masks_on[self.phase] | self.masks_off[self.phase]) & self.band_mask
+            used = mask.any(axis=0)
+            found = (column_ranges(used), used)
+            self.column_cache[key] = found
+        return found
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -246,6 +269,7 @@ class Batch:
                 joined = True
         if joined:
             self.band_mask = in_band(self.band, self.drums_on, self.tokenizer)
+            self.band_version += 1
 
     def _band_of(self, prefix: list[int], batch: int) -> np.ndarray:
         """The band: the instruments in each row's header (the requested ones first, then those

@@ -136,6 +136,7 @@ class FastDecoder:
         self.values: list[np.ndarray] = []
         self.bias = np.zeros((0, 0), dtype=np.float32)  # (rows, capacity): 0, or -inf on pads
         self.length = 0
+        self.hidden = np.zeros((0, config.dim), dtype=np.float32)  # after the last step
 
     @classmethod
     def from_model(cls, model, config: ModelConfig) -> "FastDecoder":
@@ -199,8 +200,11 @@ class FastDecoder:
         x = _RowPass(self, row, ids[start:], start).run()
         return (_layer_norm(x[-1:]) @ self.to_logits)[0]
 
-    def step(self, token) -> np.ndarray:
-        """Feed one token per sequence (batch,); returns logits (batch, vocab)."""
+    def step(self, token, columns: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+        """Feed one token per sequence (batch,); returns logits (batch, vocab). With
+        `columns` ((start, stop) ranges of the vocabulary: the tokens the next draw may
+        choose), only those logits are worked out and the rest are -inf; full_logits()
+        gives them all afterwards."""
         position = self.length
         if position >= self.bias.shape[1]:
             raise RuntimeError("KV cache is full; prefill with a larger capacity")
@@ -230,7 +234,24 @@ class FastDecoder:
             x = x + gelu(hidden) @ ff2_w
             x += ff2_b
         self.length = stop
-        return _layer_norm(x) @ self.to_logits
+        self.hidden = _layer_norm(x)
+        if columns is None:
+            return self.hidden @ self.to_logits
+        logits = np.full((batch, self.to_logits.shape[1]), -np.inf, dtype=np.float32)
+        for start, end in columns:  # a column slice is a strided view: no copy of weights
+            logits[:, start:end] = self.hidden @ self.to_logits[:, start:end]
+        return logits
+
+    def full_logits(self) -> np.ndarray:
+        """Every logit after the last step (which may have worked out only some)."""
+        return self.hidden @ self.to_logits
+
+
+def column_ranges(used: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The (start, stop) ranges of the True entries of a 1-D bool array (for step's
+    `columns`)."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], used.view(np.int8), [0]))))
+    return tuple(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 class _RowPass:
