@@ -219,6 +219,40 @@ def test_previews_play_for_the_piece_plus_the_tail(renderer, tmp_path, fmt):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"bass-0-1.{fmt}", "bass-0-1.mid"])
 
 
+def test_several_previews_encode_beside_the_next_render_and_sound_as_one_alone(tmp_path):
+    """With several pieces, each preview is encoded by a second thread while the next one
+    renders; every piece still gets its own preview, the same bytes as written alone."""
+    pieces = [piece_of(beat(1) + [Note(0, 16, 0, 60 + k, 5)], bars=1, bpm=120.0,
+                       instruments=["piano"]) for k in range(3)]
+    for k, piece in enumerate(pieces):
+        piece.seed = k
+    together = save_pieces(pieces, tmp_path / "together", audio="wav")
+    assert [s.audio.name for s in together] == ["piano-0-1.wav", "piano-1-2.wav",
+                                                "piano-2-3.wav"]
+    for k, piece in enumerate(pieces):
+        alone = save_pieces([piece], tmp_path / f"alone{k}", audio="wav",
+                            template="piano-{seed}-" + str(k + 1))[0]
+        assert alone.audio.read_bytes() == together[k].audio.read_bytes()
+    assert len({s.audio.read_bytes() for s in together}) == 3
+
+
+def test_a_failing_encode_among_several_leaves_none_of_the_runs_files(tmp_path, monkeypatch):
+    pieces = [piece_of(beat(1), bars=1, bpm=120.0, instruments=[]) for _ in range(3)]
+    real = audio_module.encode_audio
+    calls = []
+
+    def full_disk_on_the_second(samples, path, *, fmt, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(samples, path, fmt=fmt, **kwargs)
+
+    monkeypatch.setattr(audio_module, "encode_audio", full_disk_on_the_second)
+    with pytest.raises(BangerError, match="No space left"):
+        save_pieces(pieces, tmp_path, audio="wav", template="take-{n}")
+    assert len(calls) == 3 and list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_audio_format_is_refused_and_leaves_nothing(tmp_path):
     with pytest.raises(BangerError, match="unknown audio format"):
         write_audio(np.zeros((10, 2), dtype=np.float32), tmp_path / "a.ogg", fmt="ogg")

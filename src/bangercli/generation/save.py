@@ -13,6 +13,7 @@ import io
 import os
 import re
 import string
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -132,21 +133,44 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
     font = _soundfont_or_warn(soundfont, synth, warn) if audio else None
     saved = []
     written: list[tuple[Path, int]] = []  # (file, inode) this call created
+    # a preview is rendered here and encoded by a second thread, which encodes one piece
+    # while the next one renders (on two cores, several previews take about half the time)
+    encoder = ThreadPoolExecutor(max_workers=1) if font is not None and len(pieces) > 1 else None
+    encoding: list[tuple[Saved, Future]] = []
     try:
-        for stem, piece in zip(stems, pieces):
-            buffer = io.BytesIO()
-            piece.midi.save(file=buffer)
-            record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(), force=force))
-            written.append((record.midi, record.midi.stat().st_ino))
-            if font is not None:
-                record.audio = _write_audio(piece, font, out_dir / f"{stem}.{audio}", audio,
-                                            force=force, synth=synth)
-                written.append((record.audio, record.audio.stat().st_ino))
-            if piano_roll:
-                record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png", force=force,
-                                                      steps_per_bar=steps_per_bar)
-                written.append((record.piano_roll, record.piano_roll.stat().st_ino))
-            saved.append(record)
+        try:
+            for stem, piece in zip(stems, pieces):
+                buffer = io.BytesIO()
+                piece.midi.save(file=buffer)
+                record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(),
+                                             force=force))
+                written.append((record.midi, record.midi.stat().st_ino))
+                if font is not None:
+                    path = out_dir / f"{stem}.{audio}"
+                    samples = _render_audio(piece, font, synth=synth)
+                    if encoder is None:
+                        record.audio = _encode_audio(samples, path, audio, force=force)
+                        written.append((record.audio, record.audio.stat().st_ino))
+                    else:
+                        encoding.append((record, encoder.submit(_encode_audio, samples, path,
+                                                                audio, force=force)))
+                if piano_roll:
+                    record.piano_roll = _write_piano_roll(piece, out_dir / f"{stem}.png",
+                                                          force=force, steps_per_bar=steps_per_bar)
+                    written.append((record.piano_roll, record.piano_roll.stat().st_ino))
+                saved.append(record)
+        finally:  # every encode ends (also when the loop failed), and each file it wrote counts
+            failure = None
+            for record, future in encoding:
+                try:
+                    record.audio = future.result()
+                    written.append((record.audio, record.audio.stat().st_ino))
+                except BaseException as err:  # noqa: BLE001 - the first one is raised below
+                    failure = failure or err
+            if encoder is not None:
+                encoder.shutdown()
+            if failure is not None:
+                raise failure
     except BangerError:
         # another run took one of our names after the check above, or the disk filled up:
         # this run fails, and like a run stopped by that check it leaves none of its files
@@ -189,9 +213,17 @@ def _write(path: Path, data: bytes, *, force: bool) -> Path:
 
 def _write_audio(piece: Piece, font, path: Path, fmt: str, *, force: bool,
                  synth: str = "builtin") -> Path:
-    from ..render.audio import encode_audio, render
+    return _encode_audio(_render_audio(piece, font, synth=synth), path, fmt, force=force)
 
-    samples = render(piece.midi, font, synth=synth, end_seconds=piece.seconds)
+
+def _render_audio(piece: Piece, font, *, synth: str):
+    from ..render import audio as renderer
+
+    return renderer.render(piece.midi, font, synth=synth, end_seconds=piece.seconds)
+
+
+def _encode_audio(samples, path: Path, fmt: str, *, force: bool) -> Path:
+    from ..render.audio import encode_audio
 
     def encode(temporary: Path) -> None:
         try:
