@@ -13,8 +13,10 @@ where the piece has been at this point before, and p_model alone where it has no
 --echo at a point known by its last two notes, less at one known by less (ORDERS, BACKOFF),
 and while the piece is following an echo (its last token was what the echo mostly said)
 it compounds to w + (1 - w) * w: real music repeats in runs, a bar or a riff at a time, not
-a token here and there. --echo 0 is the model alone. The memory covers the whole piece, not
-just the model's window. Echo only re-weights what the masks allow, so every request stays
+a token here and there. The bar echo (BarMemory) then mixes in what the piece played 1, 2,
+4 and 8 bars ago at this place in the bar, at w times the trust its lags have earned by
+guessing right. --echo 0 is the model alone. The memory covers the whole piece, not just
+the model's window. Echo only re-weights what the masks allow, so every request stays
 a guarantee. Weights, points and runs were chosen by held-out bits per note of real pieces
 under the mixture (bench/echo.py, docs/generation.md): the mixture predicts real music far
 better than the model alone, so the echo is what music does, not a taste.
