@@ -367,11 +367,12 @@ def checkpoint_step(run: Path) -> int:
 
 
 def steps_reached(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    if not path.exists():
+    try:
+        text = (run / "metrics.jsonl").read_text()
+    except FileNotFoundError:  # not yet written, or a --force restart has just removed it
         return 0
     steps = [0]
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             point = json.loads(line)
         except ValueError:  # a line being written as we read
