@@ -120,6 +120,29 @@ def test_left_padded_rows_equal_each_sequence_run_alone(model):
             assert_close(logits[row], reference_logits(model, prompt + continuations[row][: t + 1]))
 
 
+def test_rows_kept_after_others_leave_go_on_as_if_alone(model):
+    """`keep` drops rows from the cache: the rows kept (padded or not) step on with the
+    logits of their own sequences, and the full logits after it are theirs."""
+    prompts = [random_ids(n, seed=40 + n) for n in (14, 6, 11)]
+    width = max(map(len, prompts))
+    ids = np.zeros((3, width), dtype=np.int64)
+    valid = np.zeros((3, width), dtype=bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        valid[row, width - len(prompt):] = True
+    decoder = FastDecoder.from_model(model, CONFIG)
+    decoder.prefill(ids, valid, width + 8)
+    decoder.step(np.array([7, 8, 9]))
+    decoder.keep([0, 2])
+    assert np.array_equal(decoder.full_logits()[1], decoder.full_logits()[-1])
+    for t in range(3):
+        logits = decoder.step(np.array([20 + t, 30 + t]))
+    assert logits.shape[0] == 2
+    for row, (prompt, first, later) in enumerate(((prompts[0], 7, 20), (prompts[2], 9, 30))):
+        assert_close(logits[row], reference_logits(model, prompt + [first] + [later + t for t in
+                                                                             range(3)]))
+
+
 def test_prefill_past_the_training_window_matches(model):
     """Rotary positions let the decoder run beyond seq_len, like the forward pass does."""
     ids = random_ids(CONFIG.seq_len + 20, seed=4)

@@ -230,6 +230,39 @@ def test_many_bars_past_the_window_stay_grammatical_and_exact(banger):
         assert abs(piece.midi.length - bars * bar_seconds(120.0)) < 1e-6
 
 
+def test_rows_that_end_leave_the_decoder_and_the_others_draw_the_same(banger, monkeypatch):
+    """A batch whose rows end at different times: each row that ends leaves the decoder's
+    cache (later steps work out fewer rows), also past the window, and every piece equals the
+    one drawn when every row stays to the end."""
+    class KeepEveryRow(decoding_module.Batch):
+        def next_logits(self, token):
+            done, self.done = self.done, [False] * len(self.done)  # no row looks finished
+            try:
+                super().next_logits(token)
+            finally:
+                self.done = done
+
+    request = Request(instruments=("piano",), drums=True, bars=200, variants=4, seed=3)
+    rows_per_step: list[int] = []
+    step = type(banger.decoder).step
+
+    def counting_step(decoder, token, columns=None):
+        rows_per_step.append(len(token))
+        return step(decoder, token, columns)
+
+    monkeypatch.setattr(type(banger.decoder), "step", counting_step)
+    shrinking = generate(banger, request)
+    lengths = sorted(len(piece.ids) for piece in shrinking)
+    assert lengths[0] < lengths[-1] and lengths[-1] > CONFIG.seq_len  # rows end apart
+    assert rows_per_step[0] == 4 and rows_per_step[-1] == 1
+    assert rows_per_step == sorted(rows_per_step, reverse=True)
+    rows_per_step.clear()
+    monkeypatch.setattr(decoding_module, "Batch", KeepEveryRow)
+    kept = generate(banger, request)
+    assert set(rows_per_step) == {4}
+    assert [piece.ids for piece in kept] == [piece.ids for piece in shrinking]
+
+
 # --- cached sampling equals the plain forward pass ---------------------------------------
 
 

@@ -110,6 +110,9 @@ class Batch:
         self.band_version = 0  # counts the band's changes: the column cache's key
         self.column_cache: dict[tuple, tuple] = {}
         self.columns = None  # (ranges, mask) of the logits the last step worked out
+        # the rows still in the decoder's cache, in its order: a row that has ended leaves it
+        # (its draws are never written; it gets zero logits), so -n 16 stops paying for it
+        self.live = list(range(batch))
         self.header_open = phase == HEADER  # no row goes back to the header once it leaves it
         self.phase, self.time, self.done = [phase] * batch, [time] * batch, [False] * batch
         self.budget = plan.tokens if plan.tokens else 1 << 30
@@ -164,9 +167,9 @@ class Batch:
             allowed = self.forcing.restrict(allowed, *self._arrays("phase", "time", "done"))
         for rule in self.rules:  # after the kept notes: the rule yields to them
             allowed = rule.restrict(allowed, *self._arrays("time", "done"))
-        if self.columns is not None and (allowed & ~self.columns[1]).any():
-            self.logits = self.decoder.full_logits()  # not expected: a safety net
-            self.columns = None
+        if self.columns is not None and (allowed[self.live] & ~self.columns[1]).any():
+            self.logits = self._all_rows(self.decoder.full_logits())  # not expected: a
+            self.columns = None  # safety net
         has_token = allowed.any(axis=1).tolist()
         if not all(has or done for has, done in zip(has_token, self.done)):  # would sample
             raise RuntimeError("internal error: a sequence has no allowed next token")  # nothing
@@ -222,21 +225,37 @@ class Batch:
         self.header_open = self.header_open and HEADER in self.phase
 
     def next_logits(self, token: np.ndarray) -> None:
+        live = [row for row in self.live if not self.done[row]]
+        if not live:
+            return
+        if len(live) < len(self.live):  # rows have ended: the decoder forgets them
+            self.decoder.keep([i for i, row in enumerate(self.live) if not self.done[row]])
+            self.live = live
         if self.decoder.length >= self.window:
-            self.logits, self.columns = self._rewindow(), None
+            self.logits, self.columns = self._all_rows(self._rewindow()), None
         else:
             self.columns = None if self.forcing else self._columns()
-            self.logits = self.decoder.step(
-                token, None if self.columns is None else self.columns[0])
+            self.logits = self._all_rows(self.decoder.step(
+                token[live], None if self.columns is None else self.columns[0]))
+
+    def _all_rows(self, logits: np.ndarray) -> np.ndarray:
+        """(rows, vocab) from the logits of the live rows: zeros for the rows that ended."""
+        if len(self.live) == len(self.rows):
+            return logits
+        full = np.zeros((len(self.rows), logits.shape[1]), dtype=np.float32)
+        full[self.live] = logits
+        return full
 
     def _columns(self) -> tuple[tuple[tuple[int, int], ...], np.ndarray]:
-        """The vocabulary ranges the next draw can choose from (the grammar's phase and the
-        band, before the narrower rules), and the same as a mask: the decoder works out only
-        those logits (a TIME is one of 256 tokens of 2,832). Kept per phases and band."""
-        key = (tuple(self.phase), self.band_version)
+        """The vocabulary ranges the next draw of a live row can choose from (the grammar's
+        phase and the band, before the narrower rules), and the same as a mask: the decoder
+        works out only those logits (a TIME is one of 256 tokens of 2,832). Kept per live rows,
+        phases and band."""
+        phase = [self.phase[row] for row in self.live]
+        key = (tuple(self.live), tuple(phase), self.band_version)
         found = self.column_cache.get(key)
         if found is None:
-            mask = (self.masks_on[self.phase] | self.masks_off[self.phase]) & self.band_mask
+            mask = (self.masks_on[phase] | self.masks_off[phase]) & self.band_mask[self.live]
             used = mask.any(axis=0)
             found = (column_ranges(used), used)
             self.column_cache[key] = found
@@ -288,13 +307,13 @@ class Batch:
         return band
 
     def _rewindow(self) -> np.ndarray:
-        """Prefill the cache with each row's header plus its most recent notes (at most
+        """Prefill the cache with each live row's header plus its most recent notes (at most
         kept_tokens(window) in all, starting on a note boundary), left-padded to a common
-        length. The window slides: most of what the model heard stays in view, so a riff
-        from many bars ago can come back."""
+        length; their logits. The window slides: most of what the model heard stays in view,
+        so a riff from many bars ago can come back."""
         tokenizer, window = self.tokenizer, self.window
         contexts = []
-        for row in self.rows:
+        for row in (self.rows[i] for i in self.live):
             head = tokenizer.header_length(row)
             body = row[head:]
             room = max(kept_tokens(window) - head, 1)
@@ -304,8 +323,8 @@ class Batch:
                 cut = later[0] if later else len(body)
             contexts.append(row[:head] + body[cut:])
         length = max(len(c) for c in contexts)
-        ids = np.zeros((len(self.rows), length), dtype=np.int64)
-        valid = np.zeros((len(self.rows), length), dtype=bool)
+        ids = np.zeros((len(contexts), length), dtype=np.int64)
+        valid = np.zeros((len(contexts), length), dtype=bool)
         for i, context in enumerate(contexts):
             ids[i, length - len(context):] = context
             valid[i, length - len(context):] = True

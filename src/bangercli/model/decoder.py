@@ -186,19 +186,20 @@ class FastDecoder:
         self.bias[:, :length][~valid] = -np.inf
         self._rotary(capacity)
         with one_thread():  # each of the prefill's threads: BLAS threads would oversubscribe
-            logits = np.stack([self._prefill_row(row, ids[row], valid[row])
-                               for row in range(batch)])
+            self.hidden = np.concatenate([self._prefill_row(row, ids[row], valid[row])
+                                          for row in range(batch)])
         self.length = length
-        return logits
+        return np.concatenate([hidden @ self.to_logits for hidden in self.hidden[:, None]])
 
     def _prefill_row(self, row: int, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """One row's positions through every layer, into its cache; its logits after the
-        last. Its left pads are skipped: no query attends to them (their keys are masked)."""
+        """One row's positions through every layer, into its cache; its final-normed hidden
+        state after the last (1, dim). Its left pads are skipped: no query attends to them
+        (their keys are masked)."""
         if not valid.any():
             raise ValueError("a row to prefill has no valid position")
         start = int(valid.argmax())
         x = _RowPass(self, row, ids[start:], start).run()
-        return (_layer_norm(x[-1:]) @ self.to_logits)[0]
+        return _layer_norm(x[-1:])
 
     def step(self, token, columns: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
         """Feed one token per sequence (batch,); returns logits (batch, vocab). With
@@ -243,8 +244,19 @@ class FastDecoder:
         return logits
 
     def full_logits(self) -> np.ndarray:
-        """Every logit after the last step (which may have worked out only some)."""
+        """Every logit after the last step or prefill (a step may have worked out only
+        some)."""
         return self.hidden @ self.to_logits
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only these sequences (indices into the current batch, in order) and drop the
+        others' cache: a sequence that has ended costs no more steps. Copies the cache
+        once (milliseconds), where every later step would read the dropped rows again."""
+        rows = np.asarray(rows, dtype=np.intp)
+        self.keys = [keys[rows] for keys in self.keys]
+        self.values = [values[rows] for values in self.values]
+        self.bias = self.bias[rows]
+        self.hidden = self.hidden[rows]
 
 
 def column_ranges(used: np.ndarray) -> tuple[tuple[int, int], ...]:
