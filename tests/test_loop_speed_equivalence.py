@@ -120,6 +120,25 @@ def test_the_nucleus_is_the_same(options):
         assert (expected.isfinite().sum(dim=-1) > 1).any()  # the cut kept more than one
 
 
+@pytest.mark.parametrize("top_p", [0.1, 0.3, 0.5, 0.77, 0.95])
+def test_the_nucleus_cuts_inside_ties_in_vocabulary_order(top_p):
+    """Logits of a few levels only: the cut falls among equal logits, and the ones kept are
+    the first in vocabulary order, as the stable sort of the reference keeps them."""
+    cut_inside_ties = 0
+    for seed in range(10):
+        generator = torch.Generator().manual_seed(100 + seed)
+        logits = torch.randint(0, 3, (4, VOCAB), generator=generator).float()
+        allowed = torch.rand(4, VOCAB, generator=generator) < 0.02 * (seed + 1)
+        masked = logits.masked_fill(~allowed, float("-inf"))
+        expected = reference_sample_logits(masked, Sampling(top_p=top_p))
+        assert np.array_equal(sample_logits(masked.numpy(), Sampling(top_p=top_p)),
+                              expected.numpy())
+        last = expected.masked_fill(expected.isinf(), float("inf")).min(dim=-1).values
+        tied_out = (masked == last[:, None]) & expected.isinf()
+        cut_inside_ties += int(tied_out.any(dim=-1).sum())
+    assert cut_inside_ties >= 10  # the cases really cut inside a run of equal logits
+
+
 @pytest.mark.parametrize("options", [
     Sampling(), Sampling(temperature=1.2, top_p=0.9, top_k=40), Sampling(top_p=1.0),
     Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.3),

@@ -163,14 +163,21 @@ def sample_logits(logits: np.ndarray, options: Sampling) -> np.ndarray:
     if options.top_p < 1.0:
         # most likely first (ties in vocabulary order), among the tokens still allowed (most
         # are not: sorting only those is several times faster); keep a token while the
-        # probability of the tokens before it has not reached top_p (the first always stays)
+        # probability of the tokens before it has not reached top_p (the first always stays).
+        # The values are sorted, not their order (4x faster for 1,536 notes): the nucleus is
+        # the `count` likeliest, i.e. every token above the last kept value and, of those
+        # equal to it, the first ones in vocabulary order
         nucleus = np.full(logits.shape, -np.inf, dtype=np.float32)
         for row, values in enumerate(logits):
             allowed = np.flatnonzero(values > -np.inf)
-            ranked = allowed[np.argsort(-values[allowed], kind="stable")]
-            odds = np.exp(values[ranked] - values[ranked[:1]])  # softmax, not yet divided
+            candidates = values[allowed]
+            ranked = -np.sort(-candidates)
+            odds = np.exp(ranked - ranked[:1])  # softmax, not yet divided
             running = np.cumsum(odds)
-            kept = ranked[running - odds < options.top_p * running[-1:]]
+            count = int(np.count_nonzero(running - odds < options.top_p * running[-1:]))
+            last = ranked[count - 1]
+            above = allowed[candidates > last]
+            kept = np.concatenate((above, allowed[candidates == last][: count - len(above)]))
             nucleus[row, kept] = values[kept]
         logits = nucleus
     return logits
