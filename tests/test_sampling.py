@@ -104,10 +104,10 @@ def test_top_p_never_cuts_time_or_duration_only_pitch(banger, monkeypatch):
 
     seen = []
 
-    def spy(logits, allowed, options, generator, *, untruncated=None):
+    def spy(logits, allowed, options, generator, *, untruncated=None, rows=None):
         kinds = {TOKENIZER.kind(t) for t in np.flatnonzero(allowed[0]).tolist()}
         seen.append((kinds, bool(untruncated[0])))
-        return sample(logits, allowed, options, generator, untruncated=untruncated)
+        return sample(logits, allowed, options, generator, untruncated=untruncated, rows=rows)
 
     monkeypatch.setattr(decoding_module, "sample", spy)
     generate(banger, Request(instruments=("piano",), drums=False, only=True, bars=None,
@@ -310,3 +310,20 @@ def test_the_model_choosing_everything_stays_grammatical(banger):
             decoded(banger, piece)
             assert piece.ids[0] == Tokenizer.START
             assert piece.ids[1] in (Tokenizer.DRUMS_ON, Tokenizer.DRUMS_OFF)
+
+
+@pytest.mark.parametrize("options", [Sampling(), Sampling(temperature=1.3, top_p=0.8),
+                                     Sampling(temperature=0.0)])
+def test_rows_that_do_not_draw_still_use_up_their_numbers(options):
+    """`rows`: those rows draw what they would have drawn with every row drawing, the others
+    get PAD, and the generator ends where it would have (the next draw is the same too)."""
+    logits = random_logits(6, seed=3)
+    allowed = np.ones((6, VOCAB), dtype=bool)
+    allowed[:, :16] = False
+    every, some = rng(11), rng(11)
+    for _ in range(3):
+        all_rows = sample(logits, allowed, options, every)
+        drawn = sample(logits, allowed, options, some, rows=[1, 4, 5])
+        assert drawn[[1, 4, 5]].tolist() == all_rows[[1, 4, 5]].tolist()
+        assert drawn[[0, 2, 3]].tolist() == [Tokenizer.PAD] * 3
+    assert every.random() == some.random()

@@ -247,7 +247,8 @@ class Echo:
     def active(self) -> bool:
         return self.weight > 0
 
-    def mix(self, logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    def mix(self, logits: np.ndarray, allowed: np.ndarray,
+            rows: list[int] | None = None) -> np.ndarray:
         """`logits` (rows, vocab) whose softmax over the `allowed` tokens is the mixture, for
         the rows at a point the piece has been at before (where one of its next tokens there
         is still allowed); other rows keep the model's logits. Only the echoed tokens change:
@@ -255,11 +256,13 @@ class Echo:
         log(exp(logit) + w / (1 - w) * q * exp(Z)), the others keep theirs, so after
         normalising each token has (1 - w) p_model + w q. Then the bar echo's votes are
         mixed into that the same way, at the echo's weight times the trust of its most
-        trusted lag to the power TRUST_POWER. The caller's array is not changed."""
+        trusted lag to the power TRUST_POWER. Only `rows` (default: all) are mixed. The
+        caller's array is not changed."""
         if not self.active:
             return logits
         mixed = None
-        for row, memory in enumerate(self.memories):
+        for row in range(len(self.memories)) if rows is None else rows:
+            memory = self.memories[row]
             counts, order = memory.next_counts()
             if counts:
                 mixed = self._lift(logits, mixed, row, counts, allowed,
@@ -290,14 +293,15 @@ class Echo:
         mixed[row, tokens] = np.logaddexp(mixed[row, tokens], lift)
         return mixed
 
-    def update(self, tokens) -> None:
-        """Each row hears its new token (written or kept)."""
+    def update(self, tokens, rows: list[int] | None = None) -> None:
+        """Each row (of `rows`, default all) hears its new token (written or kept)."""
         if not self.active:
             return
-        for row, token in enumerate(np.asarray(tokens).tolist()):
-            self.memories[row].add(int(token))
+        tokens = np.asarray(tokens).tolist()
+        for row in range(len(tokens)) if rows is None else rows:
+            self.memories[row].add(tokens[row])
             if self.bars:
-                self.bars[row].add(int(token))
+                self.bars[row].add(tokens[row])
 
 
 def echo_probabilities(piece, tokenizer: Tokenizer,

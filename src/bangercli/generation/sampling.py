@@ -101,11 +101,32 @@ class Grammar:
 
 def sample(logits: np.ndarray, allowed: np.ndarray, options: Sampling,
            generator: np.random.Generator, *,
-           untruncated: np.ndarray | None = None) -> np.ndarray:
+           untruncated: np.ndarray | None = None, rows: list[int] | None = None) -> np.ndarray:
     """One token per row of `logits` (batch, vocab), only among `allowed` (batch, vocab).
     Rows flagged in `untruncated` (batch,) skip top-k and top-p (temperature still applies).
     The random numbers come from `generator` (one uniform number per row), so a seeded
-    generator draws the same tokens on any machine and thread count."""
+    generator draws the same tokens on any machine and thread count. With `rows`, only those
+    rows draw and the others get PAD, but every row's number is used up: the rows that draw
+    get the tokens they would have got with every row drawing."""
+    if rows is not None and len(rows) < len(logits):
+        tokens = np.full(len(logits), Tokenizer.PAD, dtype=np.int64)
+        if options.temperature <= 0:  # greedy: no random numbers
+            uniform = None
+        else:
+            uniform = generator.random((len(logits), 1), dtype=np.float32)[rows]
+        tokens[rows] = _sample(np.asarray(logits)[rows], np.asarray(allowed)[rows], options,
+                               uniform, None if untruncated is None
+                               else np.asarray(untruncated)[rows])
+        return tokens
+    uniform = None
+    if options.temperature > 0:
+        uniform = generator.random((len(logits), 1), dtype=np.float32)
+    return _sample(logits, allowed, options, uniform, untruncated)
+
+
+def _sample(logits: np.ndarray, allowed: np.ndarray, options: Sampling,
+            uniform: np.ndarray | None, untruncated: np.ndarray | None) -> np.ndarray:
+    """`sample` given each row's uniform number (None when greedy)."""
     masked = np.where(allowed, np.asarray(logits, dtype=np.float32), np.float32(-np.inf))
     # a finished row may have no token left; it draws one anyway (its number is used up as
     # before), which is never written
@@ -121,7 +142,7 @@ def sample(logits: np.ndarray, allowed: np.ndarray, options: Sampling,
             masked = sample_logits(masked, options)
         elif not flags.all():  # else no row is cut: skip the sort
             masked[~flags] = sample_logits(masked[~flags], options)
-    return draw(softmax(masked), generator.random((len(masked), 1), dtype=np.float32))
+    return draw(softmax(masked), uniform)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
