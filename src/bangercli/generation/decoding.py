@@ -124,7 +124,7 @@ class Batch:
         self.column_cache: dict[tuple, tuple] = {}
         self.columns = None  # (ranges, mask) of the logits the last step worked out
         # the rows still in the decoder's cache, in its order: a row that has ended leaves it
-        # (its draws are never written; it gets zero logits), so -n 16 stops paying for it
+        # and draws nothing more (PAD), so -n 16 stops paying for it
         self.live = list(range(batch))
         self.header_open = phase == HEADER  # no row goes back to the header once it leaves it
         self.phase, self.time, self.done = [phase] * batch, [time] * batch, [False] * batch
@@ -151,6 +151,11 @@ class Batch:
     @property
     def finished(self) -> bool:
         return all(self.done)
+
+    @property
+    def drawing(self) -> list[int] | None:
+        """The rows that draw this step: None while every row does (the common case)."""
+        return self.live if len(self.live) < len(self.rows) else None
 
     def progress(self) -> tuple[int, int]:
         limit = self.plan.limit
@@ -195,13 +200,12 @@ class Batch:
         # echo first: steering and the kept notes' bias act on the mixture, so that a
         # confident echo does not water down the request. Rows that have ended draw nothing
         # (PAD: never written) but use up their random numbers, as they did when they drew.
-        live = self.live if len(self.live) < len(self.rows) else None
-        logits = self.echo.mix(self.logits, allowed, live)
+        logits = self.echo.mix(self.logits, allowed, self.drawing)
         logits = self.steering.apply(logits, self.phase)
         if self.forcing:
             logits = self.forcing.bias(logits, *self._arrays("phase", "time"))
         return sample(logits, allowed, self.plan.sampling, self.generator,
-                      untruncated=TIMING[self.phase], rows=live)
+                      untruncated=TIMING[self.phase], rows=self.drawing)
 
     def advance(self, token: np.ndarray) -> None:
         """Write `token` into each unfinished row and move phase, time, band and chord on."""
@@ -213,7 +217,7 @@ class Batch:
             self.forcing.advance(kept & ~done, token, phases, times)
             counted = np.where(kept, Tokenizer.PAD, tokens).tolist()
         self.steering.update(counted)
-        self.echo.update(tokens, self.live if len(self.live) < len(self.rows) else None)
+        self.echo.update(tokens, self.drawing)
         for rule in self.rules:
             times, done = self._arrays("time", "done")
             rule.update(np.array(counted), times, ~done)
@@ -324,8 +328,8 @@ class Batch:
     def _rewindow(self) -> np.ndarray:
         """Prefill the cache with each live row's header plus its most recent notes (at most
         kept_tokens(window) in all, starting on a note boundary), left-padded to a common
-        length; their logits. The window slides: most of what the model heard stays in view,
-        so a riff from many bars ago can come back."""
+        length; their logits. The most recent notes stay in view; the echo remembers the
+        rest of the piece."""
         tokenizer, window = self.tokenizer, self.window
         contexts = []
         for row in (self.rows[i] for i in self.live):
