@@ -131,16 +131,18 @@ class Banger:
             logits = self.model(inputs).float().cpu()
         return logits[0] if squeeze else logits
 
-    def generate(self, request: Request | None = None, *, progress=None, **options) -> list[Piece]:
+    def generate(self, request: Request | None = None, *, progress=None, finished=None,
+                 **options) -> list[Piece]:
         """Generate pieces in memory: pass a `Request`, or its fields as keyword arguments
         (instruments, only, drums, bars, tokens, variants, seed, bpm, prompt, prompt_bars,
         temperature, top_p, top_k, steer, echo). Each `Piece` has `.notes`, `.ids` and `.midi`
-        (a mido.MidiFile: `.midi.save(path)`). A bad option raises `UsageError`."""
+        (a mido.MidiFile: `.midi.save(path)`). A bad option raises `UsageError`.
+        `finished(n, piece)` is called for each piece as soon as it is complete."""
         if request is None:
             request = Request(**options)
         elif options:
             raise TypeError("pass either a Request or keyword options, not both")
-        return generate(self, request, progress=progress)
+        return generate(self, request, progress=progress, finished=finished)
 
     def __repr__(self) -> str:
         c = self.config

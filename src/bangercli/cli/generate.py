@@ -98,20 +98,28 @@ def generate(
         top_k=top_k, steer=steer, add=tuple(add), rewrite=rewrite, let_rest=let_rest,
         **({} if echo is None else {"echo": echo}),
     )
-    from ..generation.save import check_template, save_pieces
+    from ..generation.save import check_template, finished_piece, save_pieces, start_previews
 
     check_template(name, seed=request.seed, variants=request.variants)
-    pieces, steps_per_bar = _generate(model, request, quiet=quiet)
-
-    warn = (lambda message: None) if quiet else (
-        lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
-    for message in dict.fromkeys(w for piece in pieces for w in piece.warnings):
-        warn(message)
-    with removed_if_failed(out):
-        saved = save_pieces(pieces, out, template=name, audio=None if audio == "none" else audio,
-                            soundfont=soundfont, synth=synth, piano_roll=piano_roll, force=force,
-                            steps_per_bar=steps_per_bar, warn=warn)
-        report_or_take_back(saved, as_json=as_json)
+    audio_format = None if audio == "none" else audio
+    previews = start_previews(audio_format, synth=synth, soundfont=soundfont,
+                              variants=request.variants)
+    try:
+        pieces, steps_per_bar = _generate(model, request, quiet=quiet,
+                                          finished=finished_piece(previews))
+        warn = (lambda message: None) if quiet else (
+            lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
+        for message in dict.fromkeys(w for piece in pieces for w in piece.warnings):
+            warn(message)
+        with removed_if_failed(out):
+            saved = save_pieces(pieces, out, template=name, audio=audio_format,
+                                soundfont=soundfont, synth=synth, piano_roll=piano_roll,
+                                force=force, steps_per_bar=steps_per_bar, previews=previews,
+                                warn=warn)
+            report_or_take_back(saved, as_json=as_json)
+    finally:
+        if previews is not None:
+            previews.close()
 
 
 def report_or_take_back(saved: list, *, as_json: bool) -> None:
@@ -136,13 +144,13 @@ def report_or_take_back(saved: list, *, as_json: bool) -> None:
                           hint="send stdout to a file or a pipe that reads it all") from None
 
 
-def _generate(model_name: str, request, *, quiet: bool):
+def _generate(model_name: str, request, *, quiet: bool, finished=None):
     from ..api import load_model
 
     banger = load_model(model_name)
     with Progress("generating", quiet=quiet) as update:
         try:
-            pieces = banger.generate(request, progress=update)
+            pieces = banger.generate(request, progress=update, finished=finished)
         except MidiReadError as err:  # only the prompt is read: say which file is broken
             raise MidiReadError(f"--prompt {request.prompt}: {err.message}",
                                 hint=err.hint) from None

@@ -16,6 +16,7 @@ step (a torch call several times a numpy one). The random numbers come from one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -80,8 +81,10 @@ class Plan:
 
 
 def decode_rows(banger, plan: Plan, *, batch: int, generator: np.random.Generator,
-                progress=None) -> list[list[int]]:
-    """`batch` token sequences that start with `plan.prefix` and end where the plan says."""
+                progress=None, ended: Callable[[int, list[int]], None] | None = None
+                ) -> list[list[int]]:
+    """`batch` token sequences that start with `plan.prefix` and end where the plan says.
+    `ended(row, tokens)` is told of each row the moment it is complete (rows end apart)."""
     with one_thread():
         state = Batch(banger, plan, batch=batch, generator=generator)
         while not state.finished:
@@ -89,6 +92,9 @@ def decode_rows(banger, plan: Plan, *, batch: int, generator: np.random.Generato
             state.advance(token)
             if progress and state.produced % 32 == 0:
                 progress(*state.progress())
+            if ended and state.ended:
+                for row in state.ended:
+                    ended(row, state.rows[row])
             state.next_logits(token)
     return state.rows
 
@@ -128,6 +134,7 @@ class Batch:
         self.live = list(range(batch))
         self.header_open = phase == HEADER  # no row goes back to the header once it leaves it
         self.phase, self.time, self.done = [phase] * batch, [time] * batch, [False] * batch
+        self.ended: list[int] = []  # the rows that were completed by the last advance
         self.budget = plan.tokens if plan.tokens else 1 << 30
         self.produced = 0
         self.logits = self._rewindow()
@@ -226,6 +233,7 @@ class Batch:
         self.produced += 1
         out_of_tokens = self.produced >= self.budget
         limit, note_offset = self.plan.limit, self.tokenizer.note_offset
+        self.ended = []
         for row, value in enumerate(tokens):
             phase, time = self.moves[self.phase[row]][value], self.time[row] + self.shift[value]
             if time > self.time[row]:  # a new onset
@@ -241,6 +249,8 @@ class Batch:
                 # --tokens: stop, but never between a DURVEL and its NOTE
                 self.done[row] = ((limit is not None and time >= limit)
                                   or (out_of_tokens and phase != AFTER_DURVEL))
+                if self.done[row]:
+                    self.ended.append(row)
         self.header_open = self.header_open and HEADER in self.phase
 
     def next_logits(self, token: np.ndarray) -> None:

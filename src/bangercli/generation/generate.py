@@ -48,21 +48,29 @@ class Piece:
         return self.bars * 4 * 60.0 / self.bpm
 
 
-def generate(banger, request: Request, *, progress: Callable[[int, int], None] | None = None
-             ) -> list[Piece]:
-    """Generate `request.variants` pieces with the loaded model `banger`."""
+def generate(banger, request: Request, *, progress: Callable[[int, int], None] | None = None,
+             finished: Callable[[int, Piece], None] | None = None) -> list[Piece]:
+    """Generate `request.variants` pieces with the loaded model `banger`. `finished(n,
+    piece)` is told of each piece (n counts from 0, in the order returned) as soon as it is
+    complete, while the others are still being written: a caller can start on its preview."""
     plan, bpm, prompt = _plan(banger.tokenizer, request)
     # one stream for the whole request: the same seed draws the same numbers on any machine
     generator = np.random.Generator(np.random.PCG64(request.seed))
     batches = range(0, request.variants, MAX_BATCH)
-    pieces = []
+    pieces: dict[int, Piece] = {}
+
+    def ended(first: int, row: int, ids: list[int]) -> None:
+        pieces[first + row] = _piece(banger.tokenizer, ids, plan, bpm, request, prompt)
+        if finished:
+            finished(first + row, pieces[first + row])
+
     for number, first in enumerate(batches):
         report = progress and (lambda done, total, number=number:  # one bar over all batches
                                progress(number * total + done, len(batches) * total))
-        rows = decode_rows(banger, plan, batch=min(MAX_BATCH, request.variants - first),
-                           generator=generator, progress=report)
-        pieces += [_piece(banger.tokenizer, row, plan, bpm, request, prompt) for row in rows]
-    return pieces
+        decode_rows(banger, plan, batch=min(MAX_BATCH, request.variants - first),
+                    generator=generator, progress=report,
+                    ended=lambda row, ids, first=first: ended(first, row, ids))
+    return [pieces[n] for n in range(request.variants)]
 
 
 @dataclass

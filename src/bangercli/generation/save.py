@@ -16,11 +16,14 @@ import string
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BangerError, OutputExistsError, UsageError
 from ..atomic_files import atomic_write, remove_stale_parts
 from .generate import Piece
+
+if TYPE_CHECKING:
+    from ..render.previews import PreviewMaker
 from ..midi.instruments import INSTRUMENTS
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
@@ -102,11 +105,12 @@ def stem_of(template: str, piece: Piece, n: int) -> str:
 def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: str = "{lead}-{seed}-{n}",
                 audio: str | None = "mp3", soundfont: str | os.PathLike | None = None,
                 synth: str = "builtin", piano_roll: bool = False, force: bool = False,
-                steps_per_bar: int = 32,
+                steps_per_bar: int = 32, previews: PreviewMaker | None = None,
                 warn: Callable[[str], None] = lambda message: None) -> list[Saved]:
     """Write each piece's MIDI (and audio preview and piano roll, when asked). Audio is
     rendered by `synth`: "builtin" (always available) or "fluidsynth" (without the library
-    or a soundfont: a warning and no audio)."""
+    or a soundfont: a warning and no audio). `previews` (see `start_previews`) holds previews
+    made while the pieces were generated; one it does not have is rendered here."""
     check_template(template, seed=pieces[0].seed if pieces else 0, variants=len(pieces))
     if audio:
         from ..render.audio import check_synth
@@ -139,13 +143,17 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
     encoding: list[tuple[Saved, Future]] = []
     try:
         try:
-            for stem, piece in zip(stems, pieces):
+            for n, (stem, piece) in enumerate(zip(stems, pieces)):
                 buffer = io.BytesIO()
                 piece.midi.save(file=buffer)
                 record = Saved(piece, _write(out_dir / f"{stem}.mid", buffer.getvalue(),
                                              force=force))
                 written.append((record.midi, record.midi.stat().st_ino))
-                if font is not None:
+                made = previews.audio(n) if previews is not None and font is not None else None
+                if made is not None:
+                    record.audio = _write(out_dir / f"{stem}.{audio}", made, force=force)
+                    written.append((record.audio, record.audio.stat().st_ino))
+                elif font is not None:
                     path = out_dir / f"{stem}.{audio}"
                     samples = _render_audio(piece, font, synth=synth)
                     if encoder is None:
@@ -176,6 +184,27 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
         if encoder is not None:
             encoder.shutdown()
     return saved
+
+
+def start_previews(audio: str | None, *, synth: str, soundfont: str | os.PathLike | None,
+                   variants: int) -> PreviewMaker | None:
+    """A worker process that makes the built-in renderer's previews of pieces that are done
+    while the others are still being generated (`finished_piece` tells it of each), or None
+    where it cannot gain: one piece (nothing to overlap), no audio, or FluidSynth (its
+    library lets go of Python's lock: rendered here, it overlaps the encoder already).
+    -n 4 of 16 bars with MP3: docs/benchmarks.md, "Session 10"."""
+    if not audio or synth != "builtin" or variants < 2:
+        return None
+    from ..render.previews import PreviewMaker
+
+    return PreviewMaker(audio, soundfont)
+
+
+def finished_piece(previews: PreviewMaker | None) -> Callable[[int, Piece], None] | None:
+    """generate()'s `finished` callback that hands each finished piece to `previews`."""
+    if previews is None:
+        return None
+    return lambda n, piece: previews.submit(n, piece.midi, piece.seconds)
 
 
 def _encoded(encoding: list, written: list[tuple[Path, int]]) -> BaseException | None:

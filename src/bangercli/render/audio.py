@@ -194,8 +194,17 @@ def write_audio(samples: np.ndarray, path: str | os.PathLike, *, fmt: str,
 def encode_audio(samples: np.ndarray, path: str | os.PathLike, *, fmt: str,
                  sample_rate: int = SAMPLE_RATE) -> None:
     """Encode samples straight into `path` (callers make it atomic)."""
+    data = audio_bytes(samples, fmt=fmt, sample_rate=sample_rate)
+    with open(path, "wb") as file:
+        file.write(data)
+
+
+def audio_bytes(samples: np.ndarray, *, fmt: str, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """The encoded file, in memory (what encode_audio writes; the preview worker's answer)."""
     import soundfile
 
     if fmt not in AUDIO_FORMATS:
         raise BangerError(f"unknown audio format {fmt!r}", hint=f"choose one of: {', '.join(AUDIO_FORMATS)}")
-    soundfile.write(path, np.clip(samples, -1.0, 1.0), sample_rate, format=fmt.upper())
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(samples, -1.0, 1.0), sample_rate, format=fmt.upper())
+    return buffer.getvalue()

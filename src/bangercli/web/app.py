@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from ..atomic_files import atomic_write
 from ..errors import BangerError, UsageError
-from ..generation.save import save_pieces
+from ..generation.save import finished_piece, save_pieces, start_previews
 from ..midi.instruments import INSTRUMENTS
 from ..midi.merge import PromptFile
 from .jobs import Busy, GenerationQueue
@@ -212,11 +212,19 @@ class Server:
         """The worker's job: generate, write MIDI and MP3, describe them (a bad prompt
         was refused before queueing, so the reader's errors here are the library's)."""
         tokenizer = self.banger.tokenizer
-        pieces = self.banger.generate(piece_request, progress=report)
-        # a fresh suffix per request: the same seed twice gives the same music, two files
-        template = "{lead}-{seed}-{n}-" + secrets.token_hex(3)
-        saved = save_pieces(pieces, self.out_dir, template=template, audio="mp3",
-                            steps_per_bar=tokenizer.config.steps_per_bar)
+        # the previews of pieces that end first are made while the others are written
+        previews = start_previews("mp3", synth="builtin", soundfont=None,
+                                  variants=piece_request.variants)
+        try:
+            pieces = self.banger.generate(piece_request, progress=report,
+                                          finished=finished_piece(previews))
+            # a fresh suffix per request: the same seed twice gives the same music, two files
+            template = "{lead}-{seed}-{n}-" + secrets.token_hex(3)
+            saved = save_pieces(pieces, self.out_dir, template=template, audio="mp3",
+                                steps_per_bar=tokenizer.config.steps_per_bar, previews=previews)
+        finally:
+            if previews is not None:
+                previews.close()
         return [piece_json(record.piece, midi=self.files.add(record.midi),
                            audio=self.files.add(record.audio) if record.audio else None,
                            steps_per_quarter=tokenizer.grid.steps_per_quarter)

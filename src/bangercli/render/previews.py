@@ -1,0 +1,94 @@
+"""Audio previews made in a second process while generation goes on.
+
+Decoding runs on one core. When several variants are asked for, they end at different
+times (a sparse piece is done long before a dense one), and each finished piece's preview
+(render and MP3 encode: ~1.5 s for 16 bars) can be made on the other core while the rest
+decode. symusic's synthesizer holds Python's lock while it renders, so a thread would stop
+the decoder as long; a process does not.
+
+`PreviewMaker.submit(n, midi, seconds)` hands a finished piece to the worker;
+`PreviewMaker.audio(n)` waits for its encoded file (bytes), to be written under its final
+name by the caller (generation/save.py, atomically, as ever). The worker calls the very
+functions the caller would (`audio.render`, `audio.audio_bytes`), so a preview has the same
+bytes whichever process made it. Whatever goes wrong in the worker (it could not start, it
+crashed, a soundfont failed) gives None: the caller renders that preview itself, and reports
+its own error if there is one.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import mido
+
+
+class PreviewMaker:
+    """One worker process making the previews of one request, in the order handed in."""
+
+    def __init__(self, fmt: str, soundfont: str | os.PathLike | None = None) -> None:
+        self.fmt, self.soundfont = fmt, None if soundfont is None else str(soundfont)
+        self.made: dict[int, Future] = {}
+        try:  # spawn, not fork: the parent has threads (prefill pool, progress bar)
+            self.pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
+            self.pool.submit(_warm_up)  # its imports overlap the model's loading
+        except (OSError, RuntimeError):  # no processes allowed here: the caller renders
+            self.pool = None
+
+    def submit(self, n: int, midi: mido.MidiFile, seconds: float) -> None:
+        """Start on piece `n` (any hashable key) of `seconds` length before its tail."""
+        if self.pool is None:
+            return
+        buffer = io.BytesIO()
+        midi.save(file=buffer)
+        try:
+            self.made[n] = self.pool.submit(_make, buffer.getvalue(), seconds, self.fmt,
+                                            self.soundfont)
+        except RuntimeError:  # the pool broke or was shut down
+            self.pool = None
+
+    def audio(self, n: int) -> bytes | None:
+        """The encoded preview of piece `n`, or None if the worker did not make it."""
+        future = self.made.pop(n, None)
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception:  # noqa: BLE001 - the caller renders it here and reports its error
+            return None
+
+    def close(self) -> None:
+        """Stop the worker; previews not yet started are dropped."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> "PreviewMaker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _worker_start() -> None:
+    # Ctrl-C goes to the whole process group: the parent stops, and stops the worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _warm_up() -> None:
+    from . import audio  # noqa: F401 - numpy, soundfile
+    import symusic  # noqa: F401
+
+
+def _make(midi: bytes, seconds: float, fmt: str, soundfont: str | None) -> bytes:
+    from . import audio
+
+    piece = mido.MidiFile(file=io.BytesIO(midi))
+    font = Path(soundfont) if soundfont is not None else None
+    samples = audio.render(piece, font, synth="builtin", end_seconds=seconds)
+    return audio.audio_bytes(samples, fmt=fmt)
