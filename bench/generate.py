@@ -13,7 +13,8 @@ Tables, every row of each measured in the same run so the ratios hold on a noisy
 2. `prefill`: the decoder's prefill (the start, and a re-window of 1,536 tokens at batch 1
    and 16) in the calling thread alone and shared by its threads (`WORKERS`, the default);
 3. `where`: where a token's time goes in `generate` (16 bars of guitar and drums, seed 1);
-4. `in-process`: 16 bars with and without the MP3 preview, and `-n 16` per variant;
+4. `in-process`: 16 bars with and without the MP3 preview, `-n 16` per variant, and `-n 4`
+   with previews made after the pieces (baseline) or by the worker meanwhile;
 5. `cold`: the command from a cold start (best of --cold runs, MP3 included) beside the
    floors of starting Python with numpy (what it imports) and with torch (what it no longer
    imports).
@@ -41,7 +42,7 @@ from bangercli.generation import decoding  # noqa: E402
 from bangercli.generation.echo import Echo  # noqa: E402
 from bangercli.generation.generate import Request, generate  # noqa: E402
 from bangercli.generation.sampling import Grammar, Sampling, sample  # noqa: E402
-from bangercli.generation.save import save_pieces  # noqa: E402
+from bangercli.generation.save import finished_piece, save_pieces, start_previews  # noqa: E402
 from bangercli.midi.tokenizer import Tokenizer  # noqa: E402
 from bangercli.model import decoder as decoder_module  # noqa: E402
 from bangercli.model.decoder import FastDecoder, column_ranges, one_thread  # noqa: E402
@@ -211,6 +212,35 @@ def in_process(banger, repeat: int) -> None:
     print(f"{'-n 16, per variant (MIDI only)':<44}{many / 16:>8.2f}"
           f"{sum(p.seconds for p in pieces) / many:>12.1f}   "
           f"({many / 16 / single:.2f}x a single run's {single:.2f} s)")
+    variants(banger, repeat)
+
+
+def variants(banger, repeat: int) -> None:
+    """-n 4 with MP3 previews, as `banger generate` writes them: made after the last piece
+    (the baseline) or by the worker process while the other pieces are decoded; runs
+    interleaved, the same files either way."""
+    request = Request(**{**BARS16, "variants": 4})
+    rows = {"-n 4 + MP3, previews made after (baseline)": False,
+            "-n 4 + MP3, previews made meanwhile": True}
+    walls: dict[str, list[float]] = {label: [] for label in rows}
+    for _ in range(repeat):
+        for label, meanwhile in rows.items():
+            with tempfile.TemporaryDirectory() as folder:
+                start = time.perf_counter()
+                previews = start_previews("mp3", synth="builtin", soundfont=None,
+                                          variants=4) if meanwhile else None
+                try:
+                    pieces = generate(banger, request, finished=finished_piece(previews))
+                    save_pieces(pieces, folder, previews=previews)
+                finally:
+                    if previews is not None:
+                        previews.close()
+                walls[label].append(time.perf_counter() - start)
+    base = min(walls[next(iter(rows))])
+    for label in rows:
+        wall = min(walls[label])
+        print(f"{label:<44}{wall:>8.2f}{sum(p.seconds for p in pieces) / wall:>12.1f}   "
+              f"({wall / base:.2f}x the baseline)")
 
 
 def cold(model: str, repeat: int) -> None:
@@ -221,7 +251,8 @@ def cold(model: str, repeat: int) -> None:
                         "--drums", "--seed", "1", "--model", model, "--force", "--out"]
     rows = [("python -c 'import numpy' (floor)", [sys.executable, "-c", "import numpy"]),
             ("python -c 'import torch' (not imported)", [sys.executable, "-c", "import torch"]),
-            ("banger generate -i guitar --drums, + MP3", generate_command)]
+            ("banger generate -i guitar --drums, + MP3", generate_command),
+            ("the same, -n 4", generate_command[:-1] + ["-n", "4", "--out"])]
     for label, command in rows:
         best, peak = float("inf"), float("nan")
         for _ in range(repeat):

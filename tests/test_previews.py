@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,7 @@ def test_the_workers_previews_are_the_bytes_rendered_here(tmp_path, monkeypatch,
     with PreviewMaker(fmt) as previews:
         for n, each in enumerate(pieces):
             previews.submit(n, each.midi, each.seconds)
+        wait(previews.made.values())  # all made there: none is left to render here
         with monkeypatch.context() as patch:
             no_render_here(patch)
             there = save_pieces(pieces, tmp_path / "there", audio=fmt, template="take-{n}",
@@ -89,6 +91,45 @@ def test_the_workers_previews_are_the_bytes_rendered_here(tmp_path, monkeypatch,
     assert [s.audio.name for s in there] == [f"take-1.{fmt}", f"take-2.{fmt}"]
     assert files(tmp_path / "there") == files(tmp_path / "here")
     assert [s.audio.name for s in here] == [s.audio.name for s in there]
+
+
+def test_previews_the_worker_has_not_started_are_made_here_beside_it(tmp_path, monkeypatch):
+    pieces = [piece(60 + 2 * n) for n in range(5)]
+    expected = save_pieces(pieces, tmp_path / "expected", audio="wav", template="take-{n}")
+    real, here = audio_module.render, []
+    monkeypatch.setattr(audio_module, "render",
+                        lambda midi, *args, **kwargs: (here.append(midi), real(midi, *args, **kwargs))[1])
+    with PreviewMaker("wav") as previews:
+        for n, each in enumerate(pieces):
+            previews.submit(n, each.midi, each.seconds)
+        saved = save_pieces(pieces, tmp_path / "saved", audio="wav", template="take-{n}",
+                            previews=previews)
+        assert previews.made == {}  # every preview was either taken back or collected
+    # the worker starts one piece and holds at most one more (here: usually the last three)
+    assert here == [each.midi for each in pieces][len(pieces) - len(here):]
+    assert files(tmp_path / "saved") == files(tmp_path / "expected")
+    assert [s.audio.name for s in saved] == [s.audio.name for s in expected]
+
+
+def test_cancel_pending_takes_back_exactly_what_has_not_started():
+    class Busy:  # a worker busy with piece 0 all along
+        def submit(self, *args):
+            future = Future()
+            if not started:
+                started.append(future.set_running_or_notify_cancel())
+            return future
+
+        def shutdown(self, **kwargs):
+            pass
+
+    started: list[bool] = []
+    previews = PreviewMaker("wav")
+    previews.pool = Busy()
+    for n in range(3):
+        previews.submit(n, piece(60).midi, 2.0)
+    assert previews.cancel_pending() == [1, 2] and list(previews.made) == [0]
+    assert previews.audio(1) is None and previews.audio(2) is None
+    previews.close()
 
 
 def test_a_worker_that_fails_or_dies_leaves_the_preview_to_the_caller(tmp_path):

@@ -140,6 +140,8 @@ def save_pieces(pieces: list[Piece], out_dir: str | os.PathLike, *, template: st
     # a preview is rendered here and encoded by a second thread, which encodes one piece
     # while the next one renders (4 previews of 16 bars: 0.81-0.89x the time, docs/benchmarks.md)
     encoder = ThreadPoolExecutor(max_workers=1) if font is not None and len(pieces) > 1 else None
+    if previews is not None:  # what the worker has not started is made here, beside it
+        previews.cancel_pending()
     encoding: list[tuple[Saved, Future]] = []
     try:
         try:

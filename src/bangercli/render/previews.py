@@ -28,29 +28,37 @@ import mido
 
 
 class PreviewMaker:
-    """One worker process making the previews of one request, in the order handed in."""
+    """One worker process making the previews of one request, in the order handed in. The
+    process starts with the first piece handed in (a request that fails before has none)."""
 
     def __init__(self, fmt: str, soundfont: str | os.PathLike | None = None) -> None:
         self.fmt, self.soundfont = fmt, None if soundfont is None else str(soundfont)
         self.made: dict[int, Future] = {}
-        try:  # spawn, not fork: the parent has threads (prefill pool, progress bar)
-            self.pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
-            self.pool.submit(_warm_up)  # its imports overlap the model's loading
-        except (OSError, RuntimeError):  # no processes allowed here: the caller renders
-            self.pool = None
+        self.pool: ProcessPoolExecutor | None = None
+        self.broken = False
 
     def submit(self, n: int, midi: mido.MidiFile, seconds: float) -> None:
         """Start on piece `n` (any hashable key) of `seconds` length before its tail."""
-        if self.pool is None:
+        if self.broken:
             return
         buffer = io.BytesIO()
         midi.save(file=buffer)
         try:
+            if self.pool is None:  # spawn, not fork: the parent has threads (prefill, progress)
+                self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_start)
             self.made[n] = self.pool.submit(_make, buffer.getvalue(), seconds, self.fmt,
                                             self.soundfont)
-        except RuntimeError:  # the pool broke or was shut down
-            self.pool = None
+        except (OSError, RuntimeError):  # no process here, or the pool broke: the caller renders
+            self.broken = True
+
+    def cancel_pending(self) -> list[int]:
+        """Take back the pieces the worker has not started (the caller renders them itself,
+        on its own core, while the worker finishes the ones it has); their keys."""
+        taken = [n for n, future in self.made.items() if future.cancel()]
+        for n in taken:
+            del self.made[n]
+        return taken
 
     def audio(self, n: int) -> bytes | None:
         """The encoded preview of piece `n`, or None if the worker did not make it."""
@@ -67,6 +75,7 @@ class PreviewMaker:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+        self.broken = True
 
     def __enter__(self) -> "PreviewMaker":
         return self
@@ -78,11 +87,6 @@ class PreviewMaker:
 def _worker_start() -> None:
     # Ctrl-C goes to the whole process group: the parent stops, and stops the worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _warm_up() -> None:
-    from . import audio  # noqa: F401 - numpy, soundfile
-    import symusic  # noqa: F401
 
 
 def _make(midi: bytes, seconds: float, fmt: str, soundfont: str | None) -> bytes:
