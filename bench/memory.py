@@ -2,6 +2,7 @@
 `banger preprocess`.
 
     python bench/memory.py [--model default] [--bars 16] [--variants 1,8,64] [--one-batch]
+                           [--audio none|mp3]
                            [--files 100,1000,10000] [--workers 1,2] [--threads 1]
 
 Every row is one fresh `python -m bangercli ...` process, so nothing one row loaded counts
@@ -194,6 +195,8 @@ def main() -> int:
     parser.add_argument("--model", default="default", help="model name or checkpoint path")
     parser.add_argument("--bars", type=int, default=16, help="bars per generated piece")
     parser.add_argument("--variants", default="1,8,64", help="--variants to try, comma-separated")
+    parser.add_argument("--audio", default="none", help="generate's --audio (mp3: the previews "
+                        "and their worker process count too)")
     parser.add_argument("--one-batch", action="store_true",
                         help="also run the largest --variants as one batch (the old decoder)")
     parser.add_argument("--files", default="100,1000,10000", help="corpus sizes to preprocess")
@@ -221,7 +224,7 @@ def main() -> int:
             name = f"generate -n {n} --bars {args.bars}" + (", one batch" if one_batch else "")
             print(f"{name} ...", file=sys.stderr)
             peak = measure(["generate", "--model", args.model, "--bars", str(args.bars),
-                            "-n", str(n), "--seed", "1", "--audio", "none", "--quiet", "--force",
+                            "-n", str(n), "--seed", "1", "--audio", args.audio, "--quiet", "--force",
                             "--out", str(tmp / "generated")], env, one_batch=one_batch)
             rows.append(Row("generate", name, n, *peak))
         if sizes:
@@ -238,7 +241,7 @@ def main() -> int:
                 peak = measure(["preprocess", *sources, "--out", str(tmp / f"data-{w}-{size}"),
                                 "--workers", str(w), "--quiet"], env)
                 rows.append(Row(f"preprocess-{w}", name, size, *peak))
-    print(f"generate: model {args.model}, {args.bars} bars, seed 1, --audio none; preprocess: "
+    print(f"generate: model {args.model}, {args.bars} bars, seed 1, --audio {args.audio}; preprocess: "
           f"synthetic files of {args.file_bars} bars, {args.notes_per_bar} notes a bar; "
           f"OMP_NUM_THREADS={args.threads or 'default'}; python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs")
