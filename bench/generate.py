@@ -15,9 +15,9 @@ Tables, every row of each measured in the same run so the ratios hold on a noisy
 3. `where`: where a token's time goes in `generate` (16 bars of guitar and drums, seed 1);
 4. `in-process`: 16 bars with and without the MP3 preview, `-n 16` per variant, and `-n 4`
    with previews made after the pieces (baseline) or by the worker meanwhile;
-5. `cold`: the command from a cold start (best of --cold runs, MP3 included) beside the
-   floors of starting Python with numpy (what it imports) and with torch (what it no longer
-   imports).
+5. `cold`: the command from a cold start (best of --cold runs, MP3 included; also with
+   `-n 4`) beside the floors of starting Python with numpy (what it imports) and with torch
+   (what it no longer imports).
 
 Only the `decoders` table imports torch (and runs after the others): in-process figures are
 those of a process without it, as `banger generate` is.
