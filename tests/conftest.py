@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated per-user directory for every test, the real corpus (or a
 clean skip), a small data directory and a tiny model trained on it (built once per session),
-and hypothesis settings that keep the suite fast and deterministic."""
+a tiny untrained checkpoint, and hypothesis settings that keep the suite fast and
+deterministic."""
 
 from __future__ import annotations
 
@@ -55,6 +56,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained model (seed 0) saved the way `banger train` saves one."""
+    import torch
+
+    from bangercli.midi.tokenizer import TokenizerConfig
+    from bangercli.model.checkpoint import save_checkpoint
+    from bangercli.model.network import PRESETS, build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return save_checkpoint(path, build_model(PRESETS["tiny"]), config=PRESETS["tiny"],
+                           tokenizer_config=TokenizerConfig())
 
 
 @pytest.fixture

@@ -26,8 +26,7 @@ from bangercli.api import Banger
 from bangercli.data.preprocess import PreprocessOptions, preprocess
 from bangercli.errors import BangerError, DataError, MidiReadError, UsageError
 from bangercli.midi import merge, midifile
-from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.model.checkpoint import save_checkpoint
+from bangercli.midi.tokenizer import Tokenizer
 from bangercli.model.network import PRESETS, build_model
 from cli_runner import run_cli
 from midi_fixtures import (END_OF_TRACK, TPB, band, midi_file, mtrk, note, program, save, smf,
@@ -40,13 +39,6 @@ CONFIG = PRESETS["tiny"]
 def tiny() -> Banger:
     torch.manual_seed(0)
     return Banger(build_model(CONFIG), Tokenizer(), CONFIG)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors",
-                           build_model(CONFIG), config=CONFIG, tokenizer_config=TokenizerConfig())
 
 
 @contextmanager

@@ -30,26 +30,22 @@ from pathlib import Path
 import mido
 import pytest
 import soundfile
-import torch
 
 import bangercli.render.audio as audio_module
 import bangercli.generation.generate as generate_module
 import bangercli.generation.save as output_module
 from bangercli.api import load_model
-from bangercli.model.checkpoint import save_checkpoint
 from bangercli.errors import BangerError, OutputExistsError
 from bangercli.model.decoder import FastDecoder
 from bangercli.generation.generate import generate
 from bangercli.generation.request import Request
-from bangercli.model.network import PRESETS, build_model
+from bangercli.model.network import PRESETS
 from bangercli.generation.save import save_pieces, stem_of
-from bangercli.midi.tokenizer import TokenizerConfig
 from midi_fixtures import band, save
 
 CONFIG = PRESETS["tiny"]
 BARS = 2
 DEFAULT_NAME = "{lead}-{seed}-{n}"
-
 
 
 def _soundfont() -> Path | None:
@@ -98,15 +94,6 @@ class Outcome:
     code: int
     stdout: str
     stderr: str
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny untrained model saved the way `banger train` saves one."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, build_model(CONFIG), config=CONFIG,
-                           tokenizer_config=TokenizerConfig())
 
 
 @pytest.fixture(scope="module")

@@ -15,29 +15,17 @@ from pathlib import Path
 
 import mido
 import pytest
-import torch
 
 import bangercli.render.audio as audio_module
 from bangercli.render.audio import AudioUnavailable
-from bangercli.model.checkpoint import save_checkpoint
 from bangercli.errors import BangerError
-from bangercli.model.network import PRESETS, build_model
-from bangercli.midi.tokenizer import TokenizerConfig
+from bangercli.model.network import PRESETS
 from cli_runner import run_cli
 from midi_fixtures import band, save
 
 CONFIG = PRESETS["tiny"]
 JSON_KEYS = {"midi", "audio", "piano_roll", "seed", "instruments", "drums", "bars", "bpm", "notes",
              "seconds"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny untrained model saved the way `banger train` saves one."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, build_model(CONFIG), config=CONFIG,
-                           tokenizer_config=TokenizerConfig())
 
 
 @pytest.fixture

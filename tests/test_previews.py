@@ -21,8 +21,7 @@ from bangercli.generation.request import Request
 from bangercli.generation.save import finished_piece, save_pieces, start_previews
 from bangercli.midi.midifile import write_midi
 from bangercli.midi.score import Grid, Note
-from bangercli.midi.tokenizer import Tokenizer, TokenizerConfig
-from bangercli.model.checkpoint import save_checkpoint
+from bangercli.midi.tokenizer import Tokenizer
 from bangercli.model.network import PRESETS, build_model
 from bangercli.render.previews import PreviewMaker
 from cli_runner import run_cli
@@ -163,14 +162,6 @@ def test_previews_start_only_where_they_can_gain():
 
 
 # --- banger generate -n 2 ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, build_model(CONFIG), config=CONFIG,
-                           tokenizer_config=TokenizerConfig())
 
 
 def test_generate_n_2_writes_the_files_a_render_here_writes(monkeypatch, capsys, checkpoint,

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 import bangercli.render.audio as audio_module
 from bangercli.errors import BangerError, UsageError
@@ -23,9 +22,6 @@ from bangercli.generation.generate import Piece
 from bangercli.generation.save import save_pieces
 from bangercli.midi.midifile import write_midi
 from bangercli.midi.score import Grid, Note
-from bangercli.model.checkpoint import save_checkpoint
-from bangercli.model.network import PRESETS, build_model
-from bangercli.midi.tokenizer import TokenizerConfig
 from bangercli.render import synth
 from bangercli.render.soundfont import SoundfontError, check_soundfont
 from cli_runner import run_cli
@@ -265,14 +261,6 @@ def test_rendering_is_deterministic(tmp_path):
 
 
 # --- `banger generate` ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_checkpoint(path, build_model(PRESETS["tiny"]), config=PRESETS["tiny"],
-                           tokenizer_config=TokenizerConfig())
 
 
 @pytest.fixture
