@@ -154,6 +154,47 @@ def test_a_worker_that_fails_or_dies_leaves_the_preview_to_the_caller(tmp_path):
         assert dying.audio(1) is None and dying.audio(7) is None
 
 
+KILLED_PARENT = """
+import os, sys
+from bangercli.midi.midifile import write_midi
+from bangercli.midi.score import Grid, Note
+from bangercli.render.previews import PreviewMaker
+
+midi = write_midi([Note(0, 8, 0, 60, 5)], order=[0], grid=Grid(), bpm=120.0, length=32)
+previews = PreviewMaker("wav")
+previews.submit(0, midi, 2.0)
+assert previews.audio(0)
+print(*previews.pool._processes, flush=True)
+os._exit(0)  # as a kill would: no shutdown
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_worker_whose_parent_is_killed_goes_too():
+    """The worker holds both ends of its task queue: without watching its parent it would
+    wait there for ever once the parent is killed outright."""
+    import subprocess
+    import sys
+    import time
+
+    done = subprocess.run([sys.executable, "-c", KILLED_PARENT], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and running(worker):
+        time.sleep(0.05)
+    assert not running(worker)
+
+
 def test_previews_start_only_where_they_can_gain():
     assert start_previews(None, synth="builtin", soundfont=None, variants=4) is None
     assert start_previews("mp3", synth="builtin", soundfont=None, variants=1) is None
@@ -183,3 +224,43 @@ def test_generate_n_2_writes_the_files_a_render_here_writes(monkeypatch, capsys,
     assert files(tmp_path / "cli") == files(tmp_path / "here")
     assert sorted(stdout.split()) == [str(tmp_path / "cli" / name)
                                       for name in files(tmp_path / "cli") if name.endswith(".mid")]
+
+
+def test_sigterm_stops_generate_cleanly_and_its_worker_too(monkeypatch, capsys, checkpoint,
+                                                         tmp_path):
+    """`timeout` or `kill` while the worker makes a preview: exit code 143, no folder left
+    behind, the worker stopped, and SIGTERM's handler as it was before."""
+    workers: list[int] = []
+    real = PreviewMaker.submit
+
+    def submit_then_terminated(self, n, *args):
+        real(self, n, *args)
+        workers.extend(self.pool._processes)  # noqa: SLF001
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(PreviewMaker, "submit", submit_then_terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "generate", "--model", checkpoint,
+                                   "--out", tmp_path / "new" / "out", "--seed", 3, "--bars", 2,
+                                   "-i", "piano", "-n", 2)
+    assert code == 143 and stdout == "" and stderr == ""
+    assert not (tmp_path / "new").exists()
+    assert workers and not any(running(pid) for pid in workers)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_outside_the_main_thread_sigterm_is_left_alone():
+    import threading
+
+    from bangercli.cli.common import stopped_cleanly_by_sigterm
+
+    seen = []
+
+    def inside() -> None:
+        with stopped_cleanly_by_sigterm():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    thread.join()
+    assert seen == [signal.getsignal(signal.SIGTERM)]

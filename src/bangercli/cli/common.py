@@ -49,6 +49,30 @@ def check_model_name(model: str) -> None:
 
 
 @contextmanager
+def stopped_cleanly_by_sigterm():
+    """Inside the block, SIGTERM (`kill`, `timeout`) unwinds like an exception (exit code
+    143) instead of ending the process on the spot, so that `finally` blocks run: a worker
+    process is stopped, an output folder the command made is removed again. Outside the
+    main thread (where Python cannot take signals) the block runs as it is."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number, frame):
+        sys.exit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def removed_if_failed(out: Path):
     """A failing command leaves no trace: the folders it created on the way to `out` are
     removed again, while they are still empty."""

@@ -13,6 +13,7 @@ import typer
 
 from .common import (
     Progress, check_model_name, check_output_folder, removed_if_failed, stderr,
+    stopped_cleanly_by_sigterm,
 )
 from ..errors import BangerError, MidiReadError, UsageError
 
@@ -98,28 +99,39 @@ def generate(
         top_k=top_k, steer=steer, add=tuple(add), rewrite=rewrite, let_rest=let_rest,
         **({} if echo is None else {"echo": echo}),
     )
-    from ..generation.save import check_template, finished_piece, save_pieces, start_previews
+    from ..generation.save import check_template, start_previews
 
     check_template(name, seed=request.seed, variants=request.variants)
     audio_format = None if audio == "none" else audio
+    # with -n 2 or more, a worker process makes each piece's preview as soon as it is done
     previews = start_previews(audio_format, synth=synth, soundfont=soundfont,
                               variants=request.variants)
     try:
-        pieces, steps_per_bar = _generate(model, request, quiet=quiet,
-                                          finished=finished_piece(previews))
-        warn = (lambda message: None) if quiet else (
-            lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
-        for message in dict.fromkeys(w for piece in pieces for w in piece.warnings):
-            warn(message)
-        with removed_if_failed(out):
-            saved = save_pieces(pieces, out, template=name, audio=audio_format,
-                                soundfont=soundfont, synth=synth, piano_roll=piano_roll,
-                                force=force, steps_per_bar=steps_per_bar, previews=previews,
-                                warn=warn)
-            report_or_take_back(saved, as_json=as_json)
+        with stopped_cleanly_by_sigterm():  # `timeout` or `kill`: the worker stops too
+            _generate_and_save(request, previews, model=model, out=out, name=name,
+                               audio=audio_format, soundfont=soundfont, synth=synth,
+                               piano_roll=piano_roll, force=force, as_json=as_json, quiet=quiet)
     finally:
         if previews is not None:
             previews.close()
+
+
+def _generate_and_save(request, previews, *, model: str, out: Path, name: str,
+                       audio: str | None, soundfont: Path | None, synth: str, piano_roll: bool,
+                       force: bool, as_json: bool, quiet: bool) -> None:
+    from ..generation.save import finished_piece, save_pieces
+
+    pieces, steps_per_bar = _generate(model, request, quiet=quiet,
+                                      finished=finished_piece(previews))
+    warn = (lambda message: None) if quiet else (
+        lambda message: stderr.print(f"warning: {message}", soft_wrap=True, markup=False))
+    for message in dict.fromkeys(w for piece in pieces for w in piece.warnings):
+        warn(message)
+    with removed_if_failed(out):
+        saved = save_pieces(pieces, out, template=name, audio=audio, soundfont=soundfont,
+                            synth=synth, piano_roll=piano_roll, force=force,
+                            steps_per_bar=steps_per_bar, previews=previews, warn=warn)
+        report_or_take_back(saved, as_json=as_json)
 
 
 def report_or_take_back(saved: list, *, as_json: bool) -> None:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -87,12 +89,22 @@ class PreviewMaker:
 def _worker_start() -> None:
     # Ctrl-C goes to the whole process group: the parent stops, and stops the worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a parent killed outright (SIGTERM, SIGKILL) cannot stop it: the worker holds both ends
+    # of its task queue and would wait there for ever, so it watches the parent itself
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])  # ready when the parent has gone
+    os._exit(0)
 
 
 def _make(midi: bytes, seconds: float, fmt: str, soundfont: str | None) -> bytes:
-    from . import audio
+    """What save_pieces does for one preview of the built-in renderer, from the MIDI bytes
+    (the renderer reads those in any case)."""
+    from . import audio, synth
 
-    piece = mido.MidiFile(file=io.BytesIO(midi))
     font = Path(soundfont) if soundfont is not None else None
-    samples = audio.render(piece, font, synth="builtin", end_seconds=seconds)
-    return audio.audio_bytes(samples, fmt=fmt)
+    return audio.audio_bytes(synth.render(midi, font, end_seconds=seconds), fmt=fmt)
