@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import BangerError, OutputExistsError, UsageError
 from ..atomic_files import atomic_write, remove_stale_parts
 from .generate import Piece
+from ..midi.instruments import INSTRUMENTS
 
 if TYPE_CHECKING:
     from ..render.previews import PreviewMaker
-from ..midi.instruments import INSTRUMENTS
 
 NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
 TEMPLATE_FIELDS = ("lead", "instruments", "drums", "seed", "n", "bars", "bpm")
